@@ -1,0 +1,149 @@
+//! The per-preview registry (`registry.json`): the JWKS of every live public key, the service map
+//! (issuer, audience, address, kids, who may call), the call policy, and the keys revoked so far.
+//! It holds public material only. Sidecars verify against it; `pvid registry ID` prints it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::id::{PreviewId, ServiceName};
+use crate::key::{Algorithm, Jwks};
+use crate::policy::CallRule;
+
+/// Lifecycle of a preview (DESIGN.md): `provisioning → active → tearing_down → torn_down`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreviewState {
+    /// Keys are being issued.
+    Provisioning,
+    /// Every service has its key; tokens are accepted.
+    Active,
+    /// Teardown started; tokens are refused.
+    TearingDown,
+    /// Every credential was revoked and deleted.
+    TornDown,
+}
+
+impl PreviewState {
+    /// The stable string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreviewState::Provisioning => "provisioning",
+            PreviewState::Active => "active",
+            PreviewState::TearingDown => "tearing_down",
+            PreviewState::TornDown => "torn_down",
+        }
+    }
+
+    /// Whether sidecars refuse every token of the preview in this state.
+    pub fn is_gone(self) -> bool {
+        matches!(self, PreviewState::TearingDown | PreviewState::TornDown)
+    }
+}
+
+impl FromStr for PreviewState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "provisioning" => Ok(PreviewState::Provisioning),
+            "active" => Ok(PreviewState::Active),
+            "tearing_down" => Ok(PreviewState::TearingDown),
+            "torn_down" => Ok(PreviewState::TornDown),
+            _ => Err(format!("unknown preview state `{s}`")),
+        }
+    }
+}
+
+impl fmt::Display for PreviewState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One service of the preview, as verifiers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// `preview-<id>-<svc>`.
+    pub issuer: String,
+    /// `preview-<id>-<svc>`: what callers put in `aud`.
+    pub audience: String,
+    /// Where the service's inbound sidecar listens (`host:port`), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The service's live key ids (two during a rotation).
+    pub kids: Vec<String>,
+    /// Whether the service also accepts the preview-wide audience `preview-<id>`.
+    #[serde(default)]
+    pub accept_preview_audience: bool,
+}
+
+/// A key that was revoked: tokens signed by it are refused with `key_revoked`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedKey {
+    /// The key id.
+    pub kid: String,
+    /// The service that owned it.
+    pub service: ServiceName,
+    /// When it was revoked (Unix seconds).
+    pub revoked_at: i64,
+    /// Why (`teardown`, `rotation`, ...).
+    pub reason: String,
+}
+
+/// The registry document of one preview.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// The preview.
+    pub preview: PreviewId,
+    /// Its lifecycle state.
+    pub state: PreviewState,
+    /// Increases with every change; sidecars log the version they verified against.
+    pub version: u64,
+    /// Signing algorithm for new keys.
+    pub algorithm: Algorithm,
+    /// Lifetime of minted tokens, seconds.
+    pub token_ttl_s: u64,
+    /// Service map.
+    pub services: BTreeMap<ServiceName, ServiceEntry>,
+    /// Default-deny call policy: the calls that are allowed.
+    pub policy: Vec<CallRule>,
+    /// Public keys of every live key.
+    pub jwks: Jwks,
+    /// Keys revoked so far.
+    #[serde(default)]
+    pub revoked: Vec<RevokedKey>,
+}
+
+impl Registry {
+    /// Parses and checks a registry document: every kid in the service map has a JWK and no kid
+    /// is claimed by two services.
+    pub fn from_json(bytes: &[u8]) -> Result<Registry, String> {
+        let reg: Registry = serde_json::from_slice(bytes).map_err(|e| format!("registry: {e}"))?;
+        reg.check()?;
+        Ok(reg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut owners: BTreeMap<&str, &ServiceName> = BTreeMap::new();
+        for (svc, entry) in &self.services {
+            for kid in &entry.kids {
+                if let Some(other) = owners.insert(kid, svc) {
+                    return Err(format!("registry: kid `{kid}` is claimed by both {other} and {svc}"));
+                }
+                if !self.jwks.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) {
+                    return Err(format!("registry: kid `{kid}` of {svc} has no key in jwks"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The service owning `kid`, if any.
+    pub fn owner_of(&self, kid: &str) -> Option<&ServiceName> {
+        self.services.iter().find(|(_, e)| e.kids.iter().any(|k| k == kid)).map(|(s, _)| s)
+    }
+}

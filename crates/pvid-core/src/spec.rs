@@ -1,0 +1,246 @@
+//! The preview spec (YAML, DESIGN.md "Preview spec"): parsed strictly, and every error names the
+//! file, line and field.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+use crate::duration::parse_duration;
+use crate::id::{PreviewId, ServiceName};
+use crate::key::Algorithm;
+use crate::policy::{CallRule, CallSpec};
+use crate::token::{DEFAULT_TTL_S, MAX_TTL_S};
+
+/// A parsed, checked preview spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviewSpec {
+    /// The preview id, when the spec names it (the command line may give it instead).
+    pub preview: Option<PreviewId>,
+    /// Algorithm of every service key.
+    pub algorithm: Algorithm,
+    /// Lifetime of minted tokens.
+    pub token_ttl: Duration,
+    /// Time after which the preview may be reaped, if any.
+    pub ttl: Option<Duration>,
+    /// The services, in the order written.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One service of a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its name.
+    pub name: ServiceName,
+    /// Where its inbound sidecar listens (`host:port`).
+    pub address: Option<String>,
+    /// Whom it may call.
+    pub calls: Vec<CallSpec>,
+    /// Whether it accepts the preview-wide audience.
+    pub accept_preview_audience: bool,
+}
+
+impl PreviewSpec {
+    /// The call policy the spec defines.
+    pub fn policy_rules(&self) -> Vec<CallRule> {
+        let mut rules = Vec::new();
+        for svc in &self.services {
+            for call in &svc.calls {
+                rules.push(CallRule {
+                    caller: svc.name.clone(),
+                    callee: call.callee.clone(),
+                    methods: call.methods.clone(),
+                    path: call.path.clone(),
+                });
+            }
+        }
+        rules
+    }
+
+    /// Parses a spec. `file` is only used in error messages.
+    pub fn parse(file: &str, text: &str) -> Result<PreviewSpec, SpecError> {
+        let raw: RawSpec = yaml_serde::from_str(text).map_err(|e| SpecError::from_yaml(file, &e))?;
+        let err = |line: Option<usize>, field: String, message: String| SpecError {
+            file: file.to_owned(),
+            line,
+            field,
+            message,
+        };
+        let services_line = find_line(text, 0, "services");
+        let Some(services) = raw.services else {
+            return Err(err(None, "services".into(), "missing: a preview needs at least one service".into()));
+        };
+        if services.0.is_empty() {
+            return Err(err(services_line, "services".into(), "empty: a preview needs at least one service".into()));
+        }
+        let names: Vec<&ServiceName> = services.0.iter().map(|(n, _)| n).collect();
+        for (name, svc) in &services.0 {
+            for call in &svc.calls {
+                if !names.contains(&&call.0.callee) {
+                    let line = find_line(text, services_line.unwrap_or(0), name.as_str())
+                        .and_then(|l| find_line(text, l - 1, call.0.callee.as_str()));
+                    return Err(err(
+                        line,
+                        format!("services.{name}.calls"),
+                        format!("unknown service `{}` (services are: {})", call.0.callee, join(&names)),
+                    ));
+                }
+            }
+        }
+        let token_ttl = raw.token_ttl.map_or(Duration::from_secs(DEFAULT_TTL_S), |d| d.0);
+        if token_ttl.as_secs() == 0 || token_ttl.as_secs() > MAX_TTL_S {
+            return Err(err(
+                find_line(text, 0, "token_ttl"),
+                "token_ttl".into(),
+                format!("must be between 1s and {}s", MAX_TTL_S),
+            ));
+        }
+        Ok(PreviewSpec {
+            preview: raw.preview,
+            algorithm: raw.algorithm.unwrap_or(Algorithm::ES256),
+            token_ttl,
+            ttl: raw.ttl.map(|d| d.0),
+            services: services
+                .0
+                .into_iter()
+                .map(|(name, s)| ServiceSpec {
+                    name,
+                    address: s.address.map(|a| a.0),
+                    calls: s.calls.into_iter().map(|c| c.0).collect(),
+                    accept_preview_audience: s.accept_preview_audience,
+                })
+                .collect(),
+        })
+    }
+}
+
+fn join(names: &[&ServiceName]) -> String {
+    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// First 1-based line at or after line `after` (0-based index) where `word` appears as a key or
+/// list item; used to place errors found after parsing.
+fn find_line(text: &str, after: usize, word: &str) -> Option<usize> {
+    text.lines().enumerate().skip(after).find_map(|(i, l)| {
+        let t = l.trim_start().trim_start_matches("- ").trim_start_matches(['"', '\'', '[', '{', ' ']);
+        let hit = t.starts_with(word) && !t[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            || l.contains(&format!("[{word}")) || l.contains(&format!(" {word},")) || l.contains(&format!(" {word}]"))
+            || l.contains(&format!("\"{word}:")) || l.contains(&format!("\"{word}\""));
+        hit.then_some(i + 1)
+    })
+}
+
+/// A spec error with its place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {field}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct SpecError {
+    /// The spec file.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted path of the field (`services.api.calls`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SpecError {
+    fn from_yaml(file: &str, e: &yaml_serde::Error) -> SpecError {
+        let line = e.location().map(|l| l.line());
+        let mut text = e.to_string();
+        // The YAML error appends " at line L column C"; the line is reported on its own.
+        if let Some(i) = text.find(" at line ") {
+            text.truncate(i);
+        }
+        let (field, message) = match text.split_once(": ") {
+            Some((f, m)) if !f.contains(' ') => (f.to_owned(), m.to_owned()),
+            _ => ("(document)".to_owned(), text),
+        };
+        SpecError { file: file.to_owned(), line, field, message }
+    }
+}
+
+// === Raw YAML shape ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    preview: Option<PreviewId>,
+    algorithm: Option<Algorithm>,
+    token_ttl: Option<DurationField>,
+    ttl: Option<DurationField>,
+    services: Option<Services>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    address: Option<Address>,
+    #[serde(default)]
+    calls: Vec<CallField>,
+    #[serde(default)]
+    accept_preview_audience: bool,
+}
+
+struct DurationField(Duration);
+
+impl<'de> Deserialize<'de> for DurationField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(DurationField).map_err(de::Error::custom)
+    }
+}
+
+struct Address(String);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) && !host.contains(['/', ' '])
+        });
+        if !ok {
+            return Err(de::Error::custom(format!("`{s}` is not host:port")));
+        }
+        Ok(Address(s))
+    }
+}
+
+struct CallField(CallSpec);
+
+impl<'de> Deserialize<'de> for CallField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CallSpec::parse(&s).map(CallField).map_err(de::Error::custom)
+    }
+}
+
+/// The services mapping, in order, refusing duplicate names.
+struct Services(Vec<(ServiceName, RawService)>);
+
+impl<'de> Deserialize<'de> for Services {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Services;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of service name to service")
+            }
+            fn visit_unit<E>(self) -> Result<Services, E> {
+                Ok(Services(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Services, A::Error> {
+                let mut out: Vec<(ServiceName, RawService)> = Vec::new();
+                while let Some(name) = map.next_key::<ServiceName>()? {
+                    if out.iter().any(|(n, _)| n == &name) {
+                        return Err(de::Error::custom(format!("duplicate service `{name}`")));
+                    }
+                    let svc: RawService = map.next_value()?;
+                    out.push((name, svc));
+                }
+                Ok(Services(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
