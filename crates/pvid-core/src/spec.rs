@@ -59,7 +59,7 @@ impl PreviewSpec {
 
     /// Parses a spec. `file` is only used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<PreviewSpec, SpecError> {
-        let raw: RawSpec = yaml_serde::from_str(text).map_err(|e| SpecError::from_yaml(file, &e))?;
+        let raw: RawSpec = yaml_serde::from_str(text).map_err(|e| SpecError::from_yaml(file, text, &e))?;
         let err = |line: Option<usize>, field: String, message: String| SpecError {
             file: file.to_owned(),
             line,
@@ -145,19 +145,47 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn from_yaml(file: &str, e: &yaml_serde::Error) -> SpecError {
-        let line = e.location().map(|l| l.line());
-        let mut text = e.to_string();
+    fn from_yaml(file: &str, text: &str, e: &yaml_serde::Error) -> SpecError {
+        let mut line = e.location().map(|l| l.line());
+        let mut message = e.to_string();
         // The YAML error appends " at line L column C"; the line is reported on its own.
-        if let Some(i) = text.find(" at line ") {
-            text.truncate(i);
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
         }
-        let (field, message) = match text.split_once(": ") {
-            Some((f, m)) if !f.contains(' ') => (f.to_owned(), m.to_owned()),
-            _ => ("(document)".to_owned(), text),
+        // Nested errors start with the dotted path ("services.api: ..."); top-level ones do not,
+        // so the key written on the error's line names the field.
+        let mut field = match message.split_once(": ") {
+            Some((f, m)) if !f.contains(' ') && !f.contains('`') => {
+                let f = f.to_owned();
+                message = m.to_owned();
+                f
+            }
+            _ => line.and_then(|l| key_on_line(text, l)).unwrap_or_else(|| "(document)".to_owned()),
         };
+        // A duplicate is reported where the mapping starts; point at the second occurrence.
+        if let Some(name) = message.strip_prefix("duplicate service `").and_then(|m| m.strip_suffix('`')) {
+            let start = line.unwrap_or(1);
+            let hits: Vec<usize> = text
+                .lines()
+                .enumerate()
+                .skip(start.saturating_sub(1))
+                .filter(|(_, l)| l.trim_start().starts_with(&format!("{name}:")))
+                .map(|(i, _)| i + 1)
+                .collect();
+            if let Some(second) = hits.get(1) {
+                line = Some(*second);
+                field = format!("services.{name}");
+            }
+        }
         SpecError { file: file.to_owned(), line, field, message }
     }
+}
+
+/// The mapping key written on 1-based line `line`, if any.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let key = l.trim_start().trim_start_matches("- ").split_once(':')?.0.trim();
+    (!key.is_empty() && !key.contains(' ')).then(|| key.to_owned())
 }
 
 // === Raw YAML shape ===

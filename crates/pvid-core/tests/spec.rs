@@ -1,0 +1,87 @@
+//! Spec errors name the file, line and field.
+
+use pvid_core::{Algorithm, PreviewSpec};
+
+fn err(text: &str) -> pvid_core::SpecError {
+    PreviewSpec::parse("spec.yaml", text).expect_err("must fail")
+}
+
+#[test]
+fn example_spec_parses_with_its_policy() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/preview.yaml")).unwrap();
+    let spec = PreviewSpec::parse("examples/preview.yaml", &text).unwrap();
+    assert_eq!(spec.preview.as_ref().unwrap().as_str(), "pr-482");
+    assert_eq!(spec.algorithm, Algorithm::ES256);
+    assert_eq!(spec.token_ttl.as_secs(), 300);
+    let names: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "worker", "webhooks", "payments"]);
+    let rules: Vec<String> = spec.policy_rules().iter().map(ToString::to_string).collect();
+    assert_eq!(rules, ["api -> worker", "api -> payments: POST /charge", "worker -> webhooks"]);
+}
+
+#[test]
+fn unknown_field_names_line_and_field() {
+    let e = err("services:\n  api:\n    adress: \"127.0.0.1:1\"\n");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.to_string().starts_with("spec.yaml:3: services.api: unknown field `adress`"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_field_is_an_error() {
+    let e = err("preview: pr-1\nservicez: {}\n");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("unknown field `servicez`"), "{e}");
+}
+
+#[test]
+fn unknown_service_in_calls_names_the_caller_line() {
+    let e = err("services:\n  api:\n    calls: [paymnts]\n  payments: {}\n");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert_eq!(e.field, "services.api.calls");
+    assert!(e.message.contains("unknown service `paymnts`"), "{e}");
+}
+
+#[test]
+fn duplicate_service_is_an_error() {
+    let e = err("services:\n  api: {}\n  worker: {}\n  api: {}\n");
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(e.message.contains("duplicate service `api`"), "{e}");
+}
+
+#[test]
+fn bad_preview_id_and_service_name_are_errors() {
+    let e = err("preview: PR_482\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(1), "preview"), "{e}");
+    assert!(e.message.contains("invalid preview id"), "{e}");
+    let e = err("services:\n  Api: {}\n");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("invalid service name `Api`"), "{e}");
+}
+
+#[test]
+fn bad_algorithm_and_duration_are_errors() {
+    let e = err("algorithm: HS256\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(1), "algorithm"), "{e}");
+    let e = err("token_ttl: 5 minutes\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(1), "token_ttl"), "{e}");
+    let e = err("token_ttl: 2h\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(1), "token_ttl"), "{e}");
+}
+
+#[test]
+fn empty_or_missing_services_are_errors() {
+    let e = err("preview: pr-1\nservices: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(2), "services"), "{e}");
+    let e = err("preview: pr-1\n");
+    assert_eq!(e.field, "services", "{e}");
+}
+
+#[test]
+fn bad_call_rule_and_address_are_errors() {
+    let e = err("services:\n  api:\n    calls: [\"worker: post /x\"]\n  worker: {}\n");
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.field.starts_with("services.api.calls"), "{e}");
+    let e = err("services:\n  api: { address: \"nowhere\" }\n");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.field.starts_with("services.api"), "{e}");
+}
