@@ -272,3 +272,55 @@ impl<'de> Deserialize<'de> for Services {
         d.deserialize_map(V)
     }
 }
+
+/// What the control plane stores of a spec: everything the registry is built from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewConfig {
+    /// Algorithm of every service key.
+    pub algorithm: Algorithm,
+    /// Token lifetime, seconds.
+    pub token_ttl_s: u64,
+    /// Reap after this many seconds, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    /// Services in spec order.
+    pub services: Vec<ServiceConfig>,
+    /// Allowed calls.
+    pub policy: Vec<CallRule>,
+}
+
+/// One service of a [`PreviewConfig`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name.
+    pub name: ServiceName,
+    /// Inbound sidecar address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Accepts the preview-wide audience.
+    #[serde(default)]
+    pub accept_preview_audience: bool,
+}
+
+impl PreviewSpec {
+    /// The stored form of the spec.
+    pub fn config(&self) -> PreviewConfig {
+        PreviewConfig {
+            algorithm: self.algorithm,
+            token_ttl_s: self.token_ttl.as_secs(),
+            ttl_s: self.ttl.map(|d| d.as_secs()),
+            services: self
+                .services
+                .iter()
+                .map(|s| ServiceConfig {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                    accept_preview_audience: s.accept_preview_audience,
+                })
+                .collect(),
+            policy: self.policy_rules(),
+        }
+    }
+}

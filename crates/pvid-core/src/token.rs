@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::id::{PreviewId, ServiceName, preview_audience, service_identity};
 use crate::jose::{b64_decode, b64_encode, parse_strict_object};
-use crate::key::{Jwks, KeyError, SigningKey, VerifyingKey, random_bytes};
+use crate::key::{Algorithm, Jwks, KeyError, SigningKey, VerifyingKey, random_bytes};
 use crate::reason::ReasonCode;
 use crate::registry::{Registry, RevokedKey};
 
@@ -58,6 +58,12 @@ pub fn mint(key: &SigningKey, req: &MintRequest<'_>) -> Result<String, KeyError>
         "jti": b64_encode(&random_bytes(16)),
         "preview": req.preview.as_str(),
     });
+    sign_compact(key, &header, &claims)
+}
+
+/// Signs arbitrary header and claims objects, with no checks at all. For tests, fuzzing and
+/// tools that must craft unusual tokens; services use [`mint`].
+pub fn sign_compact(key: &SigningKey, header: &Value, claims: &Value) -> Result<String, KeyError> {
     let signing_input = format!("{}.{}", b64_encode(header.to_string().as_bytes()), b64_encode(claims.to_string().as_bytes()));
     let sig = key.sign(signing_input.as_bytes())?;
     Ok(format!("{signing_input}.{}", b64_encode(&sig)))
@@ -168,6 +174,9 @@ pub struct Verifier {
     revoked: HashMap<String, RevokedKey>,
     services: BTreeSet<ServiceName>,
     audiences: Vec<String>,
+    /// Algorithms of the live keys, plus the preview's configured one (so that a torn-down
+    /// preview, with no live key, still reaches the kid step and says `preview_torn_down`).
+    allowed_algs: Vec<Algorithm>,
     leeway_s: f64,
     max_token_bytes: usize,
 }
@@ -217,7 +226,12 @@ impl Verifier {
             let key = jwk.to_verifying_key().map_err(|source| VerifierError::Key { kid: kid.clone(), source })?;
             keys.insert(kid, Arc::new(BoundKey { key, preview: reg.preview.clone(), service }));
         }
+        let mut allowed_algs: Vec<Algorithm> = keys.values().map(|k| k.key.algorithm()).collect();
+        allowed_algs.push(reg.algorithm);
+        allowed_algs.sort_by_key(|a| a.as_str());
+        allowed_algs.dedup();
         Ok(Verifier {
+            allowed_algs,
             preview: reg.preview.clone(),
             gone: reg.state.is_gone(),
             keys,
@@ -256,7 +270,11 @@ impl Verifier {
             let key = jwk.to_verifying_key().map_err(|source| VerifierError::Key { kid: kid.clone(), source })?;
             keys.insert(kid, Arc::new(BoundKey { key, preview: kid_preview, service }));
         }
+        let mut allowed_algs: Vec<Algorithm> = keys.values().map(|k| k.key.algorithm()).collect();
+        allowed_algs.sort_by_key(|a| a.as_str());
+        allowed_algs.dedup();
         Ok(Verifier {
+            allowed_algs,
             preview: preview.clone(),
             gone: false,
             keys,
@@ -316,7 +334,7 @@ impl Verifier {
             Some(_) => return Err(fail(ReasonCode::Malformed, "header alg is not a string".into(), &info)),
             None => return Err(fail(ReasonCode::AlgNotAllowed, "header has no alg".into(), &info)),
         };
-        if !self.keys.values().any(|k| k.key.algorithm().as_str() == alg) {
+        if !self.allowed_algs.iter().any(|a| a.as_str() == alg) {
             return Err(fail(
                 ReasonCode::AlgNotAllowed,
                 format!("alg `{}` is not the algorithm of any key of {}", alg.escape_debug(), self.preview),

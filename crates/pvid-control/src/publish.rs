@@ -1,0 +1,91 @@
+//! Builds a preview's registry document from the state store and publishes it as files
+//! (`$PVID_HOME/previews/<id>/registry.json` and `jwks.json`), written atomically so a sidecar
+//! never reads half a file.
+
+use pvid_core::{Jwks, PreviewState, Registry, RevokedKey, ServiceEntry, service_identity};
+use pvid_store::{KeyRecord, KeyState, PreviewRecord};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::LifecycleError;
+
+/// The folder holding a preview's published files.
+pub fn registry_dir(home: &Path, preview: &str) -> PathBuf {
+    home.join("previews").join(preview)
+}
+
+/// The registry of a preview: active keys are published only while the preview is active.
+pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
+    let publish_keys = rec.state == PreviewState::Active;
+    let mut services = std::collections::BTreeMap::new();
+    for svc in &rec.config.services {
+        let kids = keys
+            .iter()
+            .filter(|k| publish_keys && k.service == svc.name && k.state == KeyState::Active)
+            .map(|k| k.kid.clone())
+            .collect();
+        services.insert(
+            svc.name.clone(),
+            ServiceEntry {
+                issuer: service_identity(&rec.id, &svc.name),
+                audience: service_identity(&rec.id, &svc.name),
+                address: svc.address.clone(),
+                kids,
+                accept_preview_audience: svc.accept_preview_audience,
+            },
+        );
+    }
+    let jwks = Jwks {
+        keys: keys
+            .iter()
+            .filter(|k| publish_keys && k.state == KeyState::Active && services.contains_key(&k.service))
+            .map(|k| k.jwk.clone())
+            .collect(),
+    };
+    let revoked = keys
+        .iter()
+        .filter(|k| k.state == KeyState::Revoked)
+        .map(|k| RevokedKey {
+            kid: k.kid.clone(),
+            service: k.service.clone(),
+            revoked_at: k.revoked_at.unwrap_or_default(),
+            reason: k.revoke_reason.clone().unwrap_or_default(),
+        })
+        .collect();
+    Registry {
+        preview: rec.id.clone(),
+        state: rec.state,
+        version: rec.version,
+        algorithm: rec.config.algorithm,
+        token_ttl_s: rec.config.token_ttl_s,
+        services,
+        policy: rec.config.policy.clone(),
+        jwks,
+        revoked,
+    }
+}
+
+/// Writes `registry.json` and `jwks.json` for a preview.
+pub fn write_registry_files(home: &Path, reg: &Registry) -> Result<(), LifecycleError> {
+    let dir = registry_dir(home, reg.preview.as_str());
+    let err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| LifecycleError::Publish { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+    // Invariant: these types serialise infallibly (no maps with non-string keys, no floats).
+    let registry = serde_json::to_vec_pretty(reg).unwrap_or_default();
+    let jwks = serde_json::to_vec_pretty(&reg.jwks).unwrap_or_default();
+    write_atomic(&dir.join("jwks.json"), &jwks).map_err(err(&dir.join("jwks.json")))?;
+    write_atomic(&dir.join("registry.json"), &registry).map_err(err(&dir.join("registry.json")))?;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

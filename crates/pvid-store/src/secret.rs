@@ -1,0 +1,368 @@
+//! The secret store holds private keys at `preview/<id>/<svc>/private-key` (DESIGN.md).
+//!
+//! [`LocalSecretStore`] is the embedded default: one file per secret under `$PVID_HOME/secrets`
+//! (folders 0700, files 0600), sealed with AES-256-GCM under a 32-byte master key that lives in a
+//! 0600 file and is created on first use. The secret's path is the AEAD's associated data, so a
+//! sealed file copied to another path does not open.
+
+use async_trait::async_trait;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use base64::Engine as _;
+use pvid_core::key::random_bytes;
+use pvid_core::{Algorithm, PreviewId, ServiceName, SigningKey};
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+use crate::error::StoreError;
+
+const SEALED_MAGIC: &[u8] = b"pvid-sealed-v1\n";
+
+/// A secret's path: `preview/<id>/<svc>/private-key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretPath {
+    /// The preview.
+    pub preview: PreviewId,
+    /// The service.
+    pub service: ServiceName,
+}
+
+impl SecretPath {
+    /// The private key path of a service.
+    pub fn private_key(preview: &PreviewId, service: &ServiceName) -> SecretPath {
+        SecretPath { preview: preview.clone(), service: service.clone() }
+    }
+
+    /// Parses `preview/<id>/<svc>/private-key`.
+    pub fn parse(s: &str) -> Result<SecretPath, StoreError> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            ["preview", p, svc, "private-key"] => Ok(SecretPath {
+                preview: p.parse().map_err(|_| StoreError::BadPath(s.to_owned()))?,
+                service: svc.parse().map_err(|_| StoreError::BadPath(s.to_owned()))?,
+            }),
+            _ => Err(StoreError::BadPath(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for SecretPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "preview/{}/{}/private-key", self.preview, self.service)
+    }
+}
+
+/// The document stored at a private-key path.
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: Algorithm,
+    /// PKCS#8 DER bytes.
+    pub pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredKey({} {}, private ***)", self.alg, self.kid)
+    }
+}
+
+impl StoredKey {
+    /// The stored form of a signing key.
+    pub fn from_signing_key(key: &SigningKey) -> StoredKey {
+        StoredKey { kid: key.kid().to_owned(), alg: key.algorithm(), pkcs8: Zeroizing::new(key.pkcs8().to_vec()) }
+    }
+
+    /// Serialises to the bytes the store keeps (JSON; the PKCS#8 as base64).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&self.pkcs8[..]));
+        let doc = Zeroizing::new(format!(
+            "{{\"kid\":{},\"alg\":\"{}\",\"pkcs8\":\"{}\"}}",
+            serde_json::Value::String(self.kid.clone()),
+            self.alg,
+            b64.as_str()
+        ));
+        Zeroizing::new(doc.as_bytes().to_vec())
+    }
+
+    /// Parses stored bytes.
+    pub fn from_bytes(path: &SecretPath, bytes: &[u8]) -> Result<StoredKey, StoreError> {
+        let bad = || StoreError::BadSecret { path: path.to_string() };
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let kid = v["kid"].as_str().ok_or_else(bad)?.to_owned();
+        let alg: Algorithm = v["alg"].as_str().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let pkcs8 = base64::engine::general_purpose::STANDARD
+            .decode(v["pkcs8"].as_str().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
+        Ok(StoredKey { kid, alg, pkcs8: Zeroizing::new(pkcs8) })
+    }
+
+    /// The signing key.
+    pub fn to_signing_key(&self, path: &SecretPath) -> Result<SigningKey, StoreError> {
+        SigningKey::from_pkcs8(self.alg, self.kid.clone(), self.pkcs8.clone())
+            .map_err(|_| StoreError::BadSecret { path: path.to_string() })
+    }
+}
+
+/// Where private keys live. Every operation is idempotent: putting the same value again,
+/// deleting what is already gone.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// A short name for messages (`local`, `openbao`).
+    fn kind(&self) -> &'static str;
+    /// Writes a secret, replacing any previous value.
+    async fn put(&self, path: &SecretPath, value: &[u8]) -> Result<(), StoreError>;
+    /// Reads a secret, or `None` when there is none.
+    async fn get(&self, path: &SecretPath) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+    /// Deletes a secret (all versions); `Ok` when it did not exist.
+    async fn delete(&self, path: &SecretPath) -> Result<(), StoreError>;
+    /// Lists every secret under `preview/`.
+    async fn list(&self) -> Result<Vec<SecretPath>, StoreError>;
+}
+
+/// The embedded secret store.
+pub struct LocalSecretStore {
+    root: PathBuf,
+    key: LessSafeKey,
+}
+
+impl fmt::Debug for LocalSecretStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LocalSecretStore({}, master key ***)", self.root.display())
+    }
+}
+
+impl LocalSecretStore {
+    /// Opens the store under `home` (`home/secrets`, master key `home/master.key`), creating the
+    /// folder and the master key on first use. Refuses a master key readable by group or others.
+    pub fn open(home: &Path) -> Result<LocalSecretStore, StoreError> {
+        let root = home.join("secrets");
+        make_private_dir(home)?;
+        make_private_dir(&root)?;
+        let key_path = home.join("master.key");
+        let bytes = match fs::metadata(&key_path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(StoreError::MasterKeyMode { path: key_path, mode });
+                }
+                Zeroizing::new(fs::read(&key_path).map_err(|source| StoreError::SecretIo {
+                    operation: "read master key",
+                    path: key_path.clone(),
+                    source,
+                })?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_master_key(&key_path)?,
+            Err(source) => return Err(StoreError::SecretIo { operation: "stat master key", path: key_path, source }),
+        };
+        if bytes.len() != 32 {
+            return Err(StoreError::MasterKeyInvalid { path: key_path });
+        }
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| StoreError::MasterKeyInvalid {
+            path: key_path.clone(),
+        })?);
+        Ok(LocalSecretStore { root, key })
+    }
+
+    fn file(&self, path: &SecretPath) -> PathBuf {
+        self.root.join("preview").join(path.preview.as_str()).join(path.service.as_str()).join("private-key.sealed")
+    }
+
+    fn seal(&self, path: &SecretPath, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let nonce_bytes = random_bytes(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&nonce_bytes).map_err(|_| StoreError::Seal)?;
+        let mut buf = value.to_vec();
+        self.key
+            .seal_in_place_append_tag(nonce, Aad::from(path.to_string().as_bytes()), &mut buf)
+            .map_err(|_| StoreError::Seal)?;
+        let mut out = SEALED_MAGIC.to_vec();
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    fn unseal(&self, path: &SecretPath, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let bad = || StoreError::Unseal { path: path.to_string() };
+        let rest = sealed.strip_prefix(SEALED_MAGIC).ok_or_else(bad)?;
+        if rest.len() < NONCE_LEN {
+            return Err(bad());
+        }
+        let (nonce, ct) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let plain_len = self
+            .key
+            .open_in_place(nonce, Aad::from(path.to_string().as_bytes()), &mut buf)
+            .map_err(|_| bad())?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+}
+
+#[async_trait]
+impl SecretStore for LocalSecretStore {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn put(&self, path: &SecretPath, value: &[u8]) -> Result<(), StoreError> {
+        let file = self.file(path);
+        let sealed = self.seal(path, value)?;
+        if let Some(dir) = file.parent() {
+            make_private_dirs(&self.root, dir)?;
+        }
+        // Write to a temporary name and rename, so a crash leaves the old value or the new one.
+        let tmp = file.with_extension("tmp");
+        let io = |operation, source| StoreError::SecretIo { operation, path: file.clone(), source };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        f.write_all(&sealed).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("sync", e))?;
+        fs::rename(&tmp, &file).map_err(|e| io("rename", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, path: &SecretPath) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let file = self.file(path);
+        match fs::read(&file) {
+            Ok(sealed) => self.unseal(path, &sealed).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::SecretIo { operation: "read", path: file, source }),
+        }
+    }
+
+    async fn delete(&self, path: &SecretPath) -> Result<(), StoreError> {
+        let file = self.file(path);
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::SecretIo { operation: "delete", path: file, source }),
+        }
+        let _ = fs::remove_file(file.with_extension("tmp"));
+        // Remove the service and preview folders once empty (errors mean "not empty").
+        if let Some(svc_dir) = file.parent() {
+            let _ = fs::remove_dir(svc_dir);
+            if let Some(preview_dir) = svc_dir.parent() {
+                let _ = fs::remove_dir(preview_dir);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<SecretPath>, StoreError> {
+        let base = self.root.join("preview");
+        let mut out = Vec::new();
+        let read = |dir: &Path| -> Result<Vec<(String, PathBuf)>, StoreError> {
+            match fs::read_dir(dir) {
+                Ok(rd) => Ok(rd
+                    .filter_map(Result::ok)
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(source) => Err(StoreError::SecretIo { operation: "list", path: dir.to_owned(), source }),
+            }
+        };
+        for (preview, pdir) in read(&base)? {
+            for (service, sdir) in read(&pdir)? {
+                if sdir.join("private-key.sealed").exists() {
+                    out.push(SecretPath::parse(&format!("preview/{preview}/{service}/private-key"))?);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::SecretIo { operation: "create folder", path: dir.to_owned(), source }),
+    }
+}
+
+/// Creates `dir` and its parents below `root`, each 0700.
+fn make_private_dirs(root: &Path, dir: &Path) -> Result<(), StoreError> {
+    let mut cur = root.to_path_buf();
+    for part in dir.strip_prefix(root).unwrap_or(dir).components() {
+        cur.push(part);
+        make_private_dir(&cur)?;
+    }
+    Ok(())
+}
+
+fn create_master_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    let key = Zeroizing::new(random_bytes(32));
+    let io = |operation, source| StoreError::SecretIo { operation, path: path.to_owned(), source };
+    // create_new: two processes racing to create the key cannot both win.
+    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(mut f) => {
+            f.write_all(&key).map_err(|e| io("write master key", e))?;
+            f.sync_all().map_err(|e| io("sync master key", e))?;
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(Zeroizing::new(fs::read(path).map_err(|e| io("read master key", e))?))
+        }
+        Err(e) => Err(io("create master key", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str, s: &str) -> SecretPath {
+        SecretPath::private_key(&p.parse().unwrap(), &s.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn secrets_round_trip_and_are_sealed_at_rest() {
+        let home = tempfile::tempdir().unwrap();
+        let store = LocalSecretStore::open(home.path()).unwrap();
+        let p = path("pr-1", "api");
+        store.put(&p, b"very secret bytes").await.unwrap();
+        assert_eq!(store.get(&p).await.unwrap().unwrap().as_slice(), b"very secret bytes");
+        let on_disk = fs::read(store.file(&p)).unwrap();
+        assert!(!on_disk.windows(6).any(|w| w == b"secret"), "plaintext on disk");
+        assert_eq!(fs::metadata(store.file(&p)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(home.path().join("master.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(store.list().await.unwrap(), vec![p.clone()]);
+        store.delete(&p).await.unwrap();
+        store.delete(&p).await.unwrap();
+        assert!(store.get(&p).await.unwrap().is_none());
+        assert!(store.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sealed_file_moved_to_another_path_does_not_open() {
+        let home = tempfile::tempdir().unwrap();
+        let store = LocalSecretStore::open(home.path()).unwrap();
+        let (a, b) = (path("pr-1", "api"), path("pr-1", "worker"));
+        store.put(&a, b"k").await.unwrap();
+        store.put(&b, b"other").await.unwrap();
+        fs::copy(store.file(&a), store.file(&b)).unwrap();
+        assert!(matches!(store.get(&b).await, Err(StoreError::Unseal { .. })));
+    }
+
+    #[test]
+    fn refuses_a_world_readable_master_key() {
+        let home = tempfile::tempdir().unwrap();
+        LocalSecretStore::open(home.path()).unwrap();
+        let key = home.path().join("master.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = LocalSecretStore::open(home.path()).unwrap_err();
+        assert!(matches!(err, StoreError::MasterKeyMode { mode: 0o644, .. }), "{err}");
+    }
+}
