@@ -130,6 +130,14 @@ impl Registry {
     fn check(&self) -> Result<(), String> {
         let mut owners: BTreeMap<&str, &ServiceName> = BTreeMap::new();
         for (svc, entry) in &self.services {
+            // A registry may not widen what a sidecar accepts: names follow from the ids.
+            let identity = crate::id::service_identity(&self.preview, svc);
+            if entry.issuer != identity || entry.audience != identity {
+                return Err(format!("registry: {svc} must have issuer and audience `{identity}`"));
+            }
+            if let Some(k) = entry.kids.iter().find(|k| self.revoked.iter().any(|r| &r.kid == *k)) {
+                return Err(format!("registry: kid `{k}` of {svc} is both live and revoked"));
+            }
             for kid in &entry.kids {
                 if let Some(other) = owners.insert(kid, svc) {
                     return Err(format!("registry: kid `{kid}` is claimed by both {other} and {svc}"));

@@ -87,19 +87,25 @@ impl PreviewSpec {
                 }
             }
         }
-        let token_ttl = raw.token_ttl.map_or(Duration::from_secs(DEFAULT_TTL_S), |d| d.0);
+        let top = |field: &str, message: String| err(top_key_line(text, field), field.to_owned(), message);
+        let preview = raw.preview.map(|p| p.parse::<PreviewId>().map_err(|e| top("preview", e))).transpose()?;
+        let algorithm = match raw.algorithm {
+            Some(a) => a.parse::<Algorithm>().map_err(|e| top("algorithm", e))?,
+            None => Algorithm::ES256,
+        };
+        let token_ttl = match raw.token_ttl {
+            Some(t) => parse_duration(&t).map_err(|e| top("token_ttl", e))?,
+            None => Duration::from_secs(DEFAULT_TTL_S),
+        };
         if token_ttl.as_secs() == 0 || token_ttl.as_secs() > MAX_TTL_S {
-            return Err(err(
-                find_line(text, 0, "token_ttl"),
-                "token_ttl".into(),
-                format!("must be between 1s and {}s", MAX_TTL_S),
-            ));
+            return Err(top("token_ttl", format!("must be between 1s and {MAX_TTL_S}s")));
         }
+        let ttl = raw.ttl.map(|t| parse_duration(&t).map_err(|e| top("ttl", e))).transpose()?;
         Ok(PreviewSpec {
-            preview: raw.preview,
-            algorithm: raw.algorithm.unwrap_or(Algorithm::ES256),
+            preview,
+            algorithm,
             token_ttl,
-            ttl: raw.ttl.map(|d| d.0),
+            ttl,
             services: services
                 .0
                 .into_iter()
@@ -181,6 +187,11 @@ impl SpecError {
     }
 }
 
+/// The 1-based line of a top-level key.
+fn top_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':'))).map(|i| i + 1)
+}
+
 /// The mapping key written on 1-based line `line`, if any.
 fn key_on_line(text: &str, line: usize) -> Option<String> {
     let l = text.lines().nth(line.checked_sub(1)?)?;
@@ -193,10 +204,12 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpec {
-    preview: Option<PreviewId>,
-    algorithm: Option<Algorithm>,
-    token_ttl: Option<DurationField>,
-    ttl: Option<DurationField>,
+    // Top-level scalars are checked after parsing: the YAML parser places errors raised inside
+    // them at the start of the document, and their line is easy to find (column 0).
+    preview: Option<String>,
+    algorithm: Option<String>,
+    token_ttl: Option<String>,
+    ttl: Option<String>,
     services: Option<Services>,
 }
 
@@ -208,15 +221,6 @@ struct RawService {
     calls: Vec<CallField>,
     #[serde(default)]
     accept_preview_audience: bool,
-}
-
-struct DurationField(Duration);
-
-impl<'de> Deserialize<'de> for DurationField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(DurationField).map_err(de::Error::custom)
-    }
 }
 
 struct Address(String);

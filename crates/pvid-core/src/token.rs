@@ -292,6 +292,11 @@ impl Verifier {
         self
     }
 
+    /// The leeway on `exp`, `nbf` and `iat`, seconds.
+    pub fn leeway_s(&self) -> f64 {
+        self.leeway_s
+    }
+
     /// The preview this verifier serves.
     pub fn preview(&self) -> &PreviewId {
         &self.preview
@@ -302,7 +307,8 @@ impl Verifier {
         &self.audiences
     }
 
-    /// Whether `kid` is revoked (used by caches to drop entries at once).
+    /// Whether tokens of `kid` must no longer be accepted: the key is revoked or unknown, or the
+    /// preview is gone (used by caches to drop entries at once).
     pub fn is_revoked(&self, kid: &str) -> bool {
         self.gone || self.revoked.contains_key(kid) || !self.keys.contains_key(kid)
     }

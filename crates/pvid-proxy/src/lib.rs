@@ -1,1 +1,217 @@
-//! placeholder
+//! pvid-proxy: the sidecar in front of one service of one preview (DESIGN.md, "Sidecar").
+//!
+//! - **Inbound** (`inbound.rs`): every request is checked in DESIGN.md's order (extract → verify →
+//!   policy); an allowed request goes to the local app without `Authorization`, with the verified
+//!   identity in `x-pvid-caller` / `x-pvid-preview`; a denied one is answered 401/403 here and never
+//!   reaches the app.
+//! - **Egress** (`egress.rs`, optional): the app's own outbound calls get a token minted for the
+//!   callee and are forwarded to the callee's address from the registry.
+//! - **Registry** (`registry_watch.rs`): loaded from a file at start (an error if missing or
+//!   invalid), then polled; a failed reload never replaces the last good registry.
+//! - **Decision log** (`log.rs`): exactly one JSON line per request, written before the response
+//!   leaves, never holding a token.
+//!
+//! The proxy links neither the state store nor an HTTP framework: hyper, a file and log lines.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+mod cache;
+mod egress;
+mod headers;
+mod inbound;
+mod log;
+mod registry_watch;
+mod respond;
+mod server;
+mod shared;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pvid_core::{Clock, PreviewId, ServiceName, SigningKey};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::server::Role;
+use crate::shared::Shared;
+
+/// Where decision and registry log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output, one JSON object per line.
+    Stdout,
+    /// A file, opened for appending (created if missing).
+    File(PathBuf),
+}
+
+/// Everything a sidecar needs. Built by the CLI from flags, env and files.
+pub struct ProxyConfig {
+    /// The preview this sidecar belongs to; the registry must be of the same preview.
+    pub preview: PreviewId,
+    /// The service this sidecar fronts (the callee of inbound requests).
+    pub service: ServiceName,
+    /// Inbound listener address (port 0 picks a free port; see [`Proxy::inbound_addr`]).
+    pub listen: SocketAddr,
+    /// The local app that allowed requests are forwarded to.
+    pub upstream: SocketAddr,
+    /// Egress listener for the app's own outbound calls; `None` disables egress.
+    pub egress: Option<SocketAddr>,
+    /// The registry file (`registry.json`); reloaded when its content changes.
+    pub registry: PathBuf,
+    /// This service's private key, used to mint egress tokens.
+    pub signing_key: Option<SigningKey>,
+    /// Where log lines go.
+    pub log: LogTarget,
+    /// The source of "now" for token validation, minting and log timestamps.
+    pub clock: Arc<dyn Clock>,
+    /// Whether verified tokens are cached (by SHA-256 of the token). On by default in the CLI.
+    pub cache: bool,
+}
+
+impl fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("preview", &self.preview)
+            .field("service", &self.service)
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("egress", &self.egress)
+            .field("registry", &self.registry)
+            .field("signing_key", &self.signing_key)
+            .field("log", &self.log)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors starting or running the sidecar, named for the operation that failed. Denials are not
+/// errors: they are answers to requests.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry file could not be read, parsed or used for this service at start.
+    #[error("cannot load registry {}: {reason}", path.display())]
+    LoadRegistry {
+        /// The registry file.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The log file could not be opened for appending.
+    #[error("cannot open log file {}", path.display())]
+    OpenLog {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log writer thread could not be started.
+    #[error("cannot start the log writer")]
+    StartLogWriter {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener task ended abnormally (it panicked or was cancelled).
+    #[error("the {listener} listener stopped abnormally")]
+    Serve {
+        /// `inbound` or `egress`.
+        listener: &'static str,
+        /// The task failure.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// A sidecar with its listeners bound and its registry loaded; [`Proxy::serve`] runs it.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    inbound: TcpListener,
+    inbound_addr: SocketAddr,
+    egress: Option<(TcpListener, SocketAddr)>,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("preview", &self.shared.preview)
+            .field("service", &self.shared.service)
+            .field("inbound", &self.inbound_addr)
+            .field("egress", &self.egress.as_ref().map(|(_, a)| a))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Opens the log, loads the registry (an error if it is missing, invalid, of another preview
+    /// or lacks this service) and binds the listeners. Nothing is served until [`Proxy::serve`].
+    pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        let inbound = bind(config.listen).await?;
+        let inbound_addr = local_addr(&inbound, config.listen)?;
+        let egress = match config.egress {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let a = local_addr(&l, addr)?;
+                Some((l, a))
+            }
+            None => None,
+        };
+        let shared = Shared::start(config).await?;
+        Ok(Proxy { shared: Arc::new(shared), inbound, inbound_addr, egress })
+    }
+
+    /// The address the inbound listener is bound to (with the real port when 0 was asked).
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound_addr
+    }
+
+    /// The address the egress listener is bound to, if egress is on.
+    pub fn egress_addr(&self) -> Option<SocketAddr> {
+        self.egress.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets open connections finish
+    /// their current request (bounded grace period) and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ProxyError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let watcher = tokio::spawn(registry_watch::watch(self.shared.clone(), stop_rx.clone()));
+        let inbound = tokio::spawn(server::run(self.inbound, self.shared.clone(), Role::Inbound, stop_rx.clone()));
+        let egress =
+            self.egress.map(|(l, _)| tokio::spawn(server::run(l, self.shared.clone(), Role::Egress, stop_rx.clone())));
+        let inbound_result = inbound.await;
+        let egress_result = match egress {
+            Some(task) => task.await,
+            None => Ok(()),
+        };
+        watcher.abort();
+        inbound_result.map_err(|source| ProxyError::Serve { listener: "inbound", source })?;
+        egress_result.map_err(|source| ProxyError::Serve { listener: "egress", source })?;
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, ProxyError> {
+    l.local_addr().map_err(|source| ProxyError::Bind { addr: asked, source })
+}

@@ -1,1 +1,103 @@
-fn main() {}
+//! `pvid`: service-to-service identity for preview environments. This binary only wires the
+//! library crates together and maps errors to exit codes (see docs/cli.md).
+#![forbid(unsafe_code)]
+
+mod cmd_lifecycle;
+mod cmd_proxy;
+mod cmd_token;
+mod context;
+mod demo;
+mod exit;
+mod http_util;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::exit::Failure;
+
+/// Service-to-service identity for multi-service preview environments.
+///
+/// pvid gives every service of a preview its own key pair, lets services prove who they are with
+/// short-lived tokens minted for exactly one callee, enforces a default-deny call policy in a
+/// sidecar, and removes every credential at teardown.
+#[derive(Parser, Debug)]
+#[command(name = "pvid", version, propagate_version = true, after_help = EXIT_CODES)]
+struct Cli {
+    /// Where pvid keeps its state (SQLite), local secrets and published registries.
+    #[arg(long, global = true, env = "PVID_HOME", default_value = ".pvid")]
+    home: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 negative result (token denied, orphans found, \
+demo row unexpected); 2 invalid input (bad spec, bad flag, unknown preview); 3 operational failure \
+(store, secret store, I/O).";
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Provision a preview from a spec: a fresh key pair per service, registry published.
+    ///
+    /// Idempotent: re-running on an active preview changes nothing; re-running after a crash
+    /// finishes the job.
+    Up(cmd_lifecycle::UpArgs),
+    /// Tear a preview down: keys revoked, secrets deleted, registry emptied, evidence recorded.
+    ///
+    /// Idempotent; a re-run after an interruption completes it.
+    Down(cmd_lifecycle::DownArgs),
+    /// List previews.
+    Ls(cmd_lifecycle::LsArgs),
+    /// Show one preview: services, issuers, audiences, kids, state.
+    Show(cmd_lifecycle::ShowArgs),
+    /// Print a preview's JWKS (public keys only).
+    Jwks(cmd_lifecycle::IdArg),
+    /// Print a preview's registry.json (JWKS + service map + policy).
+    Registry(cmd_lifecycle::IdArg),
+    /// Audits: orphaned credentials, the evidence trail.
+    #[command(subcommand)]
+    Audit(cmd_lifecycle::AuditCommand),
+    /// Mint and verify tokens.
+    #[command(subcommand)]
+    Token(cmd_token::TokenCommand),
+    /// Run the sidecar in front of one service (inbound validation, egress minting).
+    Proxy(cmd_proxy::ProxyArgs),
+    /// Run a real four-service preview on loopback, end to end, and check every decision.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pvid: cannot start the async runtime: {e}");
+            std::process::exit(exit::OPERATIONAL);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    let code = match result {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("pvid: {error:#}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> Result<i32, Failure> {
+    let home = cli.home;
+    match cli.command {
+        Command::Up(a) => cmd_lifecycle::up(&home, a).await,
+        Command::Down(a) => cmd_lifecycle::down(&home, a).await,
+        Command::Ls(a) => cmd_lifecycle::ls(&home, a).await,
+        Command::Show(a) => cmd_lifecycle::show(&home, a).await,
+        Command::Jwks(a) => cmd_lifecycle::jwks(&home, a).await,
+        Command::Registry(a) => cmd_lifecycle::registry(&home, a).await,
+        Command::Audit(a) => cmd_lifecycle::audit(&home, a).await,
+        Command::Token(a) => cmd_token::run(&home, a).await,
+        Command::Proxy(a) => cmd_proxy::run(&home, a).await,
+        Command::Demo(a) => demo::run(a).await,
+    }
+}

@@ -1,0 +1,236 @@
+//! The sidecar's log lines: one typed struct per event kind, turned into one JSON line in exactly
+//! one place ([`encode_line`]), written by a dedicated thread.
+//!
+//! Why a thread and an acknowledgement: writing to a pipe or a slow disk must not stall the async
+//! runtime, yet a decision must be on record before it takes effect. [`LogSink::record`] hands the
+//! line to the writer and waits (asynchronously) until it was written and flushed, so the line of
+//! a request is always in the file before its response leaves the sidecar.
+//!
+//! Tokens never reach this module: events hold only what DESIGN.md's decision line names, and
+//! every string read from a token is cut to [`MAX_TOKEN_FIELD_CHARS`]. JSON escaping keeps a value
+//! holding a newline on one line.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::mpsc;
+
+use pvid_core::ReasonCode;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::{LogTarget, ProxyError};
+
+/// Longest string taken from a token (`kid`, `iss`, `aud`) or a request (`path`) into a line.
+pub(crate) const MAX_TOKEN_FIELD_CHARS: usize = 256;
+/// Longest human detail in a line.
+const MAX_DETAIL_CHARS: usize = 512;
+
+/// The `result` of a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DecisionResult {
+    Allow,
+    Deny,
+}
+
+/// `event: "auth.validate"`: the decision line of one inbound request (DESIGN.md, "The decision
+/// log line"). Absent values are `null`, so every line has the same fields.
+#[derive(Debug, Serialize)]
+pub(crate) struct DecisionEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    /// `iss` as the token claims it (unverified on deny).
+    pub caller_iss: Option<String>,
+    /// The verified caller; `null` unless the token verified.
+    pub caller: Option<String>,
+    pub result: DecisionResult,
+    pub reason: ReasonCode,
+    pub expected_aud: &'a str,
+    pub actual_aud: Option<String>,
+    pub kid: Option<String>,
+    pub method: String,
+    /// The request path as received, without the query (a query may hold a token).
+    pub path: String,
+    pub request_id: &'a str,
+    pub latency_us: u64,
+    pub registry_version: u64,
+    /// Expected vs actual, in words (never the token).
+    pub detail: Option<String>,
+}
+
+/// `event: "auth.mint"`: one egress request.
+#[derive(Debug, Serialize)]
+pub(crate) struct MintEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    pub callee: Option<String>,
+    pub audience: Option<String>,
+    pub kid: Option<&'a str>,
+    /// `ok` or `error`.
+    pub result: &'static str,
+    /// `minted`, `cached`, or the error code.
+    pub reason: &'static str,
+    pub method: String,
+    pub path: String,
+    pub request_id: &'a str,
+    pub latency_us: u64,
+    pub registry_version: u64,
+    pub detail: Option<String>,
+}
+
+/// `event: "registry.loaded"` or `"registry.reload_failed"`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RegistryEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    pub path: String,
+    /// The version in force after this event.
+    pub registry_version: u64,
+    pub previous_version: Option<u64>,
+    /// The preview state in force after this event.
+    pub state: &'static str,
+    pub error: Option<String>,
+}
+
+/// The one place an event becomes a line.
+fn encode_line<E: Serialize>(event: &E) -> Option<String> {
+    let mut line = serde_json::to_string(event).ok()?;
+    line.push('\n');
+    Some(line)
+}
+
+/// Cuts a string to `max` characters.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+/// Cuts a token-derived string to [`MAX_TOKEN_FIELD_CHARS`].
+pub(crate) fn clip_field(s: &str) -> String {
+    clip(s, MAX_TOKEN_FIELD_CHARS)
+}
+
+/// Cuts a human detail.
+pub(crate) fn clip_detail(s: &str) -> String {
+    clip(s, MAX_DETAIL_CHARS)
+}
+
+/// `2026-12-03T10:00:00.123Z` from Unix seconds (RFC 3339, UTC, milliseconds).
+pub(crate) fn rfc3339_millis(unix_seconds: f64) -> String {
+    let nanos = if unix_seconds.is_finite() { (unix_seconds * 1e9) as i128 } else { 0 };
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+struct Line {
+    text: String,
+    written: Option<oneshot::Sender<()>>,
+}
+
+/// Sends lines to the writer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct LogSink {
+    tx: mpsc::Sender<Line>,
+}
+
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Line")
+    }
+}
+
+impl LogSink {
+    /// Opens the target and starts the writer thread. The thread ends when the last sink is
+    /// dropped.
+    pub(crate) fn open(target: &LogTarget) -> Result<LogSink, ProxyError> {
+        let mut out: Box<dyn Write + Send> = match target {
+            LogTarget::Stdout => Box::new(std::io::stdout()),
+            LogTarget::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| ProxyError::OpenLog { path: path.clone(), source })?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel::<Line>();
+        std::thread::Builder::new()
+            .name("pvid-log".into())
+            .spawn(move || {
+                let mut reported = false;
+                for line in rx {
+                    // One write per line: with O_APPEND, lines from several writers never interleave.
+                    let res = out.write_all(line.text.as_bytes()).and_then(|()| out.flush());
+                    if let Err(e) = res
+                        && !reported
+                    {
+                        // The log itself is broken; say so once where an operator may see it.
+                        eprintln!("pvid proxy: cannot write log line: {e}");
+                        reported = true;
+                    }
+                    if let Some(done) = line.written {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|source| ProxyError::StartLogWriter { source })?;
+        Ok(LogSink { tx })
+    }
+
+    /// Writes one event and waits until it is written and flushed.
+    pub(crate) async fn record<E: Serialize>(&self, event: &E) {
+        let Some(text) = encode_line(event) else { return };
+        let (done, written) = oneshot::channel();
+        if self.tx.send(Line { text, written: Some(done) }).is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339_millis(1_796_299_200.0), "2026-12-03T12:00:00.000Z");
+        assert_eq!(rfc3339_millis(1_796_299_200.123_4), "2026-12-03T12:00:00.123Z");
+        assert_eq!(rfc3339_millis(f64::NAN), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn clip_cuts_on_character_boundaries() {
+        assert_eq!(clip("abc", 2), "ab");
+        assert_eq!(clip("ééé", 2), "éé");
+        assert_eq!(clip("ab", 5), "ab");
+        assert_eq!(clip_field(&"k".repeat(1000)).len(), MAX_TOKEN_FIELD_CHARS);
+    }
+
+    #[test]
+    fn a_value_holding_a_newline_stays_on_one_line() {
+        #[derive(Serialize)]
+        struct E {
+            kid: String,
+        }
+        let line = encode_line(&E { kid: "a\nb\r\u{2028}".into() }).unwrap_or_default();
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n'));
+    }
+}

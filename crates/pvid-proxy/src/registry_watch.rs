@@ -1,0 +1,187 @@
+//! The registry in force and the watcher that reloads it from its file.
+//!
+//! The file is read every [`POLL_INTERVAL`] and its SHA-256 compared with the one in force (mtime
+//! and length miss a same-size rewrite within the timestamp granularity; the files are small).
+//! A changed file is parsed, checked for this preview and service, and turned into a [`Verifier`];
+//! only then is it swapped in, atomically, for every request that starts afterwards. Any failure
+//! keeps the last good registry (never an empty key set) and is logged once per distinct cause as
+//! `registry.reload_failed`. A swap drops cached verifications of keys that are no longer live
+//! and, when this service's own keys changed, the egress tokens minted with the old ones.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use pvid_core::{Policy, PreviewId, Registry, ServiceName, Verifier};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::log::{RegistryEvent, clip_detail, rfc3339_millis};
+use crate::server::stopped;
+use crate::shared::Shared;
+
+/// How often the registry file is checked.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A loaded registry, ready to answer requests. Immutable; replaced as a whole.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub registry: Registry,
+    pub verifier: Verifier,
+    pub policy: Policy,
+    /// SHA-256 of the file content it came from.
+    pub digest: [u8; 32],
+}
+
+impl Snapshot {
+    /// Parses a registry file's content for `service` of `preview`.
+    pub(crate) fn parse(bytes: &[u8], preview: &PreviewId, service: &ServiceName) -> Result<Snapshot, String> {
+        let registry = Registry::from_json(bytes)?;
+        if &registry.preview != preview {
+            return Err(format!("registry is for preview {}, this sidecar serves {preview}", registry.preview));
+        }
+        let verifier = Verifier::for_service(&registry, service).map_err(|e| format!("registry: {e}"))?;
+        let policy = Policy::new(registry.policy.clone());
+        Ok(Snapshot { registry, verifier, policy, digest: sha256(bytes) })
+    }
+
+    /// The kids the registry lists for `service` (empty when the service is gone).
+    pub(crate) fn kids_of(&self, service: &ServiceName) -> &[String] {
+        self.registry.services.get(service).map_or(&[], |e| e.kids.as_slice())
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The snapshot in force. Readers take an `Arc` and keep using it for the whole request.
+#[derive(Debug)]
+pub(crate) struct RegistryHandle {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl RegistryHandle {
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> RegistryHandle {
+        RegistryHandle { current: RwLock::new(snapshot) }
+    }
+
+    /// The snapshot in force.
+    pub(crate) fn load(&self) -> Arc<Snapshot> {
+        // The lock only guards an `Arc` swap, which cannot leave it half-written.
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `next` in force and returns the one it replaces.
+    fn store(&self, next: Arc<Snapshot>) -> Arc<Snapshot> {
+        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *guard, next)
+    }
+}
+
+/// Why the last reload failed, so the same failure is logged once, not every poll.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    Read(std::io::ErrorKind),
+    Content([u8; 32]),
+}
+
+impl Shared {
+    /// A `registry.*` log line about the snapshot in force.
+    pub(crate) fn registry_event(
+        &self,
+        event: &'static str,
+        current: &Snapshot,
+        previous_version: Option<u64>,
+        error: Option<String>,
+    ) -> RegistryEvent<'_> {
+        RegistryEvent {
+            ts: rfc3339_millis(self.clock.now()),
+            event,
+            preview_id: self.preview.as_str(),
+            service: self.service.as_str(),
+            path: self.registry_path.display().to_string(),
+            registry_version: current.registry.version,
+            previous_version,
+            state: current.registry.state.as_str(),
+            error,
+        }
+    }
+
+    /// Checks the file once; reloads when its content changed.
+    async fn poll_registry(&self, last_failure: &mut Option<Failure>) {
+        let bytes = match tokio::fs::read(&self.registry_path).await {
+            Ok(b) => b,
+            Err(e) => {
+                let failure = Failure::Read(e.kind());
+                if last_failure.as_ref() != Some(&failure) {
+                    let current = self.registry.load();
+                    let line = self.registry_event(
+                        "registry.reload_failed",
+                        &current,
+                        None,
+                        Some(format!("cannot read: {e}; keeping version {}", current.registry.version)),
+                    );
+                    self.log.record(&line).await;
+                    *last_failure = Some(failure);
+                }
+                return;
+            }
+        };
+        let current = self.registry.load();
+        let digest = sha256(&bytes);
+        if digest == current.digest {
+            *last_failure = None;
+            return;
+        }
+        if last_failure.as_ref() == Some(&Failure::Content(digest)) {
+            return;
+        }
+        match Snapshot::parse(&bytes, &self.preview, &self.service) {
+            Ok(next) => {
+                *last_failure = None;
+                self.apply(next).await;
+            }
+            Err(e) => {
+                let line = self.registry_event(
+                    "registry.reload_failed",
+                    &current,
+                    None,
+                    Some(clip_detail(&format!("{e}; keeping version {}", current.registry.version))),
+                );
+                self.log.record(&line).await;
+                *last_failure = Some(Failure::Content(digest));
+            }
+        }
+    }
+
+    /// Puts a new snapshot in force and forgets what it invalidates.
+    async fn apply(&self, next: Snapshot) {
+        let next = Arc::new(next);
+        let previous = self.registry.store(next.clone());
+        if let Some(cache) = &self.cache {
+            cache.retain_live(&next.verifier);
+        }
+        if previous.kids_of(&self.service) != next.kids_of(&self.service) {
+            self.minted.clear();
+        }
+        let line = self.registry_event("registry.loaded", &next, Some(previous.registry.version), None);
+        self.log.record(&line).await;
+    }
+}
+
+/// Polls the registry file until `stop` turns true.
+pub(crate) async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_failure = None;
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = ticks.tick() => shared.poll_registry(&mut last_failure).await,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The state every request handler and the registry watcher share: configuration, the current
+//! registry snapshot, the caches, the pooled HTTP client and the log sink.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pvid_core::{Clock, PreviewId, ServiceName, SigningKey, service_identity};
+
+use crate::cache::TokenCache;
+use crate::egress::MintCache;
+use crate::log::LogSink;
+use crate::registry_watch::{RegistryHandle, Snapshot};
+use crate::{ProxyConfig, ProxyError};
+
+/// Entries the verified-token cache holds at most.
+pub(crate) const TOKEN_CACHE_CAPACITY: usize = 10_000;
+/// How long a TCP connect to the upstream or a callee may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One pooled client for upstream and egress forwarding; request bodies stream from the server.
+pub(crate) type HttpClient = Client<HttpConnector, Incoming>;
+
+/// Shared sidecar state (one per [`crate::Proxy`]).
+pub(crate) struct Shared {
+    pub preview: PreviewId,
+    pub service: ServiceName,
+    /// `preview-<id>-<svc>`: this service's audience (the `expected_aud` of log lines).
+    pub identity: String,
+    pub upstream: SocketAddr,
+    pub registry_path: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    pub log: LogSink,
+    pub registry: RegistryHandle,
+    pub cache: Option<TokenCache>,
+    pub client: HttpClient,
+    pub signing_key: Option<SigningKey>,
+    pub minted: MintCache,
+}
+
+impl Shared {
+    /// Opens the log and loads the registry; any failure here stops the sidecar from starting.
+    pub(crate) async fn start(config: ProxyConfig) -> Result<Shared, ProxyError> {
+        let log = LogSink::open(&config.log)?;
+        let bytes = tokio::fs::read(&config.registry).await.map_err(|e| ProxyError::LoadRegistry {
+            path: config.registry.clone(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let snapshot = Snapshot::parse(&bytes, &config.preview, &config.service)
+            .map_err(|reason| ProxyError::LoadRegistry { path: config.registry.clone(), reason })?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+
+        let shared = Shared {
+            identity: service_identity(&config.preview, &config.service),
+            preview: config.preview,
+            service: config.service,
+            upstream: config.upstream,
+            registry_path: config.registry,
+            clock: config.clock,
+            log,
+            registry: RegistryHandle::new(Arc::new(snapshot)),
+            cache: config.cache.then(|| TokenCache::new(TOKEN_CACHE_CAPACITY)),
+            client,
+            signing_key: config.signing_key,
+            minted: MintCache::default(),
+        };
+        let current = shared.registry.load();
+        shared.log.record(&shared.registry_event("registry.loaded", &current, None, None)).await;
+        Ok(shared)
+    }
+}

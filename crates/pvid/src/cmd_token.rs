@@ -1,0 +1,204 @@
+//! `pvid token mint` and `pvid token verify`. The verify interface is stable (docs/cli.md):
+//! other tools script it.
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use pvid_core::duration::parse_duration;
+use pvid_core::token::{DEFAULT_LEEWAY_S, MAX_TTL_S};
+use pvid_core::{Clock, Jwks, MintRequest, PreviewId, PreviewState, Registry, ServiceName, SystemClock, Verifier, service_identity};
+use serde_json::json;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use crate::context;
+use crate::exit::{Failure, NEGATIVE, invalid, operational};
+
+/// `pvid token ...`
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Mint a token from one service of a preview for exactly one callee, and print it.
+    Mint(MintArgs),
+    /// Verify a token the way a sidecar would; exit 0 when valid, 1 with a reason code when not.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `pvid token mint`.
+#[derive(Args, Debug)]
+pub struct MintArgs {
+    /// The preview.
+    #[arg(long)]
+    preview: PreviewId,
+    /// The calling service (whose key signs).
+    #[arg(long)]
+    from: ServiceName,
+    /// The called service (the token's audience).
+    #[arg(long)]
+    to: ServiceName,
+    /// Lifetime (e.g. 300s, 5m; at most 1h). Default: the preview's token_ttl.
+    #[arg(long)]
+    ttl: Option<String>,
+}
+
+/// Arguments of `pvid token verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The token, or `-` to read it from standard input.
+    token: String,
+    /// A registry.json (JWKS + service map): keys are bound to services by the registry.
+    #[arg(long, conflicts_with_all = ["jwks", "issuer"], required_unless_present = "jwks")]
+    registry: Option<PathBuf>,
+    /// A bare JWKS file; needs --issuer. Kids are bound to services by name (`<svc>-…` or `<preview>-<svc>-…`).
+    #[arg(long, requires = "issuer")]
+    jwks: Option<PathBuf>,
+    /// A trusted issuer (`preview-<id>-<svc>`); repeat for several.
+    #[arg(long)]
+    issuer: Vec<String>,
+    /// An accepted audience; repeat for several (any one matches).
+    #[arg(long, required = true)]
+    audience: Vec<String>,
+    /// The preview the verifier belongs to (taken from the registry, or inferred from the issuers).
+    #[arg(long)]
+    preview: Option<PreviewId>,
+    /// Verify as of this time (Unix seconds) instead of now.
+    #[arg(long)]
+    now: Option<f64>,
+    /// Leeway on exp, nbf and iat, in seconds.
+    #[arg(long, default_value_t = DEFAULT_LEEWAY_S)]
+    leeway: u64,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(home: &Path, cmd: TokenCommand) -> Result<i32, Failure> {
+    match cmd {
+        TokenCommand::Mint(a) => mint(home, a).await,
+        TokenCommand::Verify(a) => verify(a),
+    }
+}
+
+async fn mint(home: &Path, a: MintArgs) -> Result<i32, Failure> {
+    let control = context::open(home).await?;
+    let reg = control.registry(&a.preview).await?;
+    if reg.state != PreviewState::Active {
+        return Err(invalid(anyhow!("preview {} is {}, not active", a.preview, reg.state)));
+    }
+    for svc in [&a.from, &a.to] {
+        if !reg.services.contains_key(svc) {
+            return Err(invalid(anyhow!("preview {} has no service {svc}", a.preview)));
+        }
+    }
+    let ttl_s = match &a.ttl {
+        Some(t) => parse_duration(t).map_err(|e| invalid(anyhow!("--ttl: {e}")))?.as_secs(),
+        None => reg.token_ttl_s,
+    };
+    if ttl_s == 0 || ttl_s > MAX_TTL_S {
+        return Err(invalid(anyhow!("--ttl must be between 1s and {MAX_TTL_S}s")));
+    }
+    let key = control
+        .signing_key(&a.preview, &a.from)
+        .await?
+        .ok_or_else(|| operational(anyhow!("no private key for {}/{} in the secret store", a.preview, a.from)))?;
+    let audience = service_identity(&a.preview, &a.to);
+    let token = pvid_core::mint(&key, &MintRequest { from: &a.from, preview: &a.preview, audience: &audience, ttl_s, now: SystemClock.now() })
+        .map_err(operational)?;
+    println!("{token}");
+    Ok(0)
+}
+
+fn verify(a: VerifyArgs) -> Result<i32, Failure> {
+    let token = if a.token == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| invalid(anyhow!("cannot read the token from stdin: {e}")))?;
+        s
+    } else {
+        a.token.clone()
+    };
+    let token = token.trim();
+    let verifier = build_verifier(&a)?.with_leeway(a.leeway);
+    let now = a.now.unwrap_or_else(|| SystemClock.now());
+    let outcome = verifier.verify(token, now);
+    let (code, out) = match &outcome {
+        Ok(v) => (
+            0,
+            json!({"result": "ok", "reason": "ok", "caller": v.caller, "issuer": v.issuer, "kid": v.kid,
+                   "audience": v.audience, "exp": v.exp, "jti": v.jti, "preview": verifier.preview()}),
+        ),
+        Err(r) => (
+            NEGATIVE,
+            json!({"result": "deny", "reason": r.reason, "detail": r.detail, "kid": r.token.kid, "issuer": r.token.iss,
+                   "audience": r.token.aud, "expected_audience": verifier.audiences(), "preview": verifier.preview()}),
+        ),
+    };
+    if a.json {
+        println!("{out}");
+    } else {
+        match outcome {
+            Ok(v) => println!("ok: caller {} ({}), kid {}, audience {}", v.caller, v.issuer, v.kid, v.audience),
+            Err(r) => println!("deny: {}: {}", r.reason, r.detail),
+        }
+    }
+    Ok(code)
+}
+
+fn read_json_file(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| invalid(anyhow!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn build_verifier(a: &VerifyArgs) -> Result<Verifier, Failure> {
+    if let Some(path) = &a.registry {
+        let reg = Registry::from_json(&read_json_file(path, "registry")?).map_err(|e| invalid(anyhow!("{}: {e}", path.display())))?;
+        if let Some(p) = &a.preview
+            && p != &reg.preview
+        {
+            return Err(invalid(anyhow!("--preview {p} but the registry is for {}", reg.preview)));
+        }
+        return Verifier::from_registry(&reg, a.audience.clone()).map_err(|e| invalid(anyhow!("{}: {e}", path.display())));
+    }
+    let Some(path) = &a.jwks else {
+        return Err(invalid(anyhow!("give --registry FILE, or --jwks FILE with --issuer")));
+    };
+    let jwks: Jwks = serde_json::from_slice(&read_json_file(path, "JWKS")?)
+        .map_err(|e| invalid(anyhow!("{}: not a JWKS: {e}", path.display())))?;
+    let preview = match &a.preview {
+        Some(p) => p.clone(),
+        None => infer_preview(&a.issuer, &a.audience).ok_or_else(|| {
+            invalid(anyhow!("cannot tell the preview from --issuer/--audience; pass --preview"))
+        })?,
+    };
+    Verifier::from_jwks(&jwks, &preview, &a.issuer, a.audience.clone()).map_err(|e| invalid(anyhow!("{}: {e}", path.display())))
+}
+
+/// The longest preview id `p` such that every issuer is `preview-p-<svc>` and every audience is
+/// `preview-p` or `preview-p-<svc>`.
+fn infer_preview(issuers: &[String], audiences: &[String]) -> Option<PreviewId> {
+    let first = issuers.first()?.strip_prefix("preview-")?;
+    let mut best: Option<PreviewId> = None;
+    for (i, _) in first.match_indices('-') {
+        let Ok(candidate) = first[..i].parse::<PreviewId>() else { continue };
+        let own = format!("preview-{candidate}-");
+        let whole = format!("preview-{candidate}");
+        let fits = issuers.iter().all(|iss| iss.starts_with(&own) && iss.len() > own.len())
+            && audiences.iter().all(|aud| aud == &whole || aud.starts_with(&own));
+        if fits {
+            best = Some(candidate);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infers_the_preview_from_issuers_and_audiences() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let p = infer_preview(&s(&["preview-pr-1-api", "preview-pr-1-web"]), &s(&["preview-pr-1-orders"]));
+        assert_eq!(p.unwrap().as_str(), "pr-1");
+        let p = infer_preview(&s(&["preview-pr-1-api-gw"]), &s(&["preview-pr-1"]));
+        assert_eq!(p.unwrap().as_str(), "pr-1");
+        assert!(infer_preview(&s(&["nope"]), &s(&["x"])).is_none());
+    }
+
+}
