@@ -37,12 +37,20 @@ pub struct Control {
     pub(crate) secrets: Arc<dyn SecretStore>,
     pub(crate) home: PathBuf,
     failpoint: Option<String>,
+    actor: String,
 }
 
 impl Control {
     /// Operations over these stores; registry files go under `home/previews/`.
     pub fn new(state: StateStore, secrets: Arc<dyn SecretStore>, home: PathBuf) -> Control {
-        Control { state, secrets, home, failpoint: None }
+        Control { state, secrets, home, failpoint: None, actor: "unknown".into() }
+    }
+
+    /// Who runs the operations (`cli:alice`, `api:token`, `reaper`), recorded in the evidence
+    /// trail of provisions and teardowns.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Control {
+        self.actor = actor.into();
+        self
     }
 
     /// Test-only crash injection: the process exits (code 86) when it reaches the named point
@@ -91,7 +99,7 @@ impl Control {
         };
         let version = self.state.begin_provision(id, config).await?;
         self.state
-            .append_evidence(id, "preview.provisioning", json!({"version": version, "services": config.services.len()}))
+            .append_evidence(id, "preview.provisioning", json!({"version": version, "services": config.services.len(), "actor": self.actor}))
             .await?;
         let mut issued = Vec::new();
         if let Err(e) = self.issue_keys(id, config, &mut issued).await {
@@ -207,7 +215,7 @@ impl Control {
         if rec.state != PreviewState::TearingDown {
             let version = self.state.set_state(id, PreviewState::TearingDown).await?;
             self.publish(id).await?;
-            self.state.append_evidence(id, "preview.tearing_down", json!({"version": version})).await?;
+            self.state.append_evidence(id, "preview.tearing_down", json!({"version": version, "actor": self.actor})).await?;
         }
         for k in self.state.keys(id).await?.iter().filter(|k| k.state != KeyState::Revoked) {
             self.state.revoke_key(&k.kid, "teardown").await?;

@@ -13,6 +13,7 @@
 
 pub mod clock;
 pub mod duration;
+pub mod explain;
 pub mod id;
 pub mod jose;
 pub mod key;

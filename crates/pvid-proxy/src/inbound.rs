@@ -194,7 +194,13 @@ fn decision_event<'a>(
             Some(clip_detail(detail)),
         ),
     };
+    let (token_iat, token_exp) = match outcome {
+        Outcome::Deny { token, .. } => (token.iat, token.exp),
+        Outcome::Allow { verified, .. } => (None, Some(verified.exp)),
+    };
     DecisionEvent {
+        token_iat,
+        token_exp,
         ts: rfc3339_millis(now),
         event: "auth.validate",
         preview_id: shared.preview.as_str(),

@@ -58,6 +58,10 @@ pub(crate) struct DecisionEvent<'a> {
     pub registry_version: u64,
     /// Expected vs actual, in words (never the token).
     pub detail: Option<String>,
+    /// The token's `iat` and `exp` (unverified on deny), so `pvid explain` can name clock skew.
+    pub token_iat: Option<f64>,
+    /// See `token_iat`.
+    pub token_exp: Option<f64>,
 }
 
 /// `event: "auth.mint"`: one egress request.

@@ -16,5 +16,6 @@ pub async fn open(home: &Path) -> Result<Control, Failure> {
     let secrets = LocalSecretStore::open(home)?;
     let state = StateStore::open(&home.join("state.db")).await?;
     let failpoint = std::env::var(ENV_FAILPOINT).ok().filter(|s| !s.is_empty());
-    Ok(Control::new(state, Arc::new(secrets), home.to_path_buf()).with_failpoint(failpoint))
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    Ok(Control::new(state, Arc::new(secrets), home.to_path_buf()).with_failpoint(failpoint).with_actor(format!("cli:{user}")))
 }

@@ -2,6 +2,7 @@
 //! library crates together and maps errors to exit codes (see docs/cli.md).
 #![forbid(unsafe_code)]
 
+mod cmd_explain;
 mod cmd_lifecycle;
 mod cmd_proxy;
 mod cmd_token;
@@ -62,6 +63,10 @@ enum Command {
     Token(cmd_token::TokenCommand),
     /// Run the sidecar in front of one service (inbound validation, egress minting).
     Proxy(cmd_proxy::ProxyArgs),
+    /// Say why a request was refused and what fixes it (from a token or a logged request id).
+    Explain(cmd_explain::ExplainArgs),
+    /// Show every decision one request caused, across services, in order.
+    Logs(cmd_explain::LogsArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
     Demo(demo::DemoArgs),
 }
@@ -98,6 +103,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Audit(a) => cmd_lifecycle::audit(&home, a).await,
         Command::Token(a) => cmd_token::run(&home, a).await,
         Command::Proxy(a) => cmd_proxy::run(&home, a).await,
+        Command::Explain(a) => cmd_explain::explain_cmd(&home, a).await,
+        Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
         Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -1,0 +1,217 @@
+//! `pvid explain` on refusals captured from a real sidecar: one test per cause, each asserting
+//! the cause and the suggested fix. And `pvid logs` following one request across services.
+
+use super::support::{example_spec, json, pvid, stderr};
+use pvid_core::{SigningKey, sign_compact};
+use pvid_store::SecretStore as _;
+use serde_json::{Value, json};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+struct Sidecar {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback upstream answering 200 to everything.
+fn upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn start_sidecar(home: &Path, service: &str, registry: Option<&Path>) -> Sidecar {
+    let addr = free_port();
+    let log = home.join("logs").join(format!("{service}.jsonl"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvid"));
+    cmd.arg("--home").arg(home).args(["proxy", "--preview", "pr-482", "--service", service]);
+    cmd.args(["--listen", &addr.to_string(), "--upstream", &upstream().to_string()]).arg("--log").arg(&log);
+    if let Some(r) = registry {
+        cmd.arg("--registry").arg(r);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return Sidecar { child, addr };
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("sidecar did not start");
+}
+
+/// Sends one request; returns (status, body).
+fn send(addr: SocketAddr, method: &str, path: &str, token: &str, rid: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nx-request-id: {rid}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+struct Setup {
+    home: tempfile::TempDir,
+    api: SigningKey,
+}
+
+async fn setup() -> Setup {
+    let home = tempfile::tempdir().unwrap();
+    let out = pvid(home.path(), &["up", "-f", example_spec().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let secrets = pvid_store::LocalSecretStore::open(home.path()).unwrap();
+    let path = pvid_store::SecretPath::private_key(&"pr-482".parse().unwrap(), &"api".parse().unwrap());
+    let bytes = secrets.get(&path).await.unwrap().unwrap();
+    let api = pvid_store::StoredKey::from_bytes(&path, &bytes).unwrap().to_signing_key(&path).unwrap();
+    Setup { home, api }
+}
+
+fn token(key: &SigningKey, aud: &str, iat: f64, iss: &str) -> String {
+    let h = json!({"alg": "ES256", "typ": "JWT", "kid": key.kid()});
+    sign_compact(key, &h, &json!({"iss": iss, "sub": "api", "aud": aud, "iat": iat, "nbf": iat.min(now()), "exp": iat + 300.0})).unwrap()
+}
+
+fn explain(home: &Path, rid: &str) -> Value {
+    let out = pvid(home, &["explain", "--request-id", rid, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    json(&out)
+}
+
+fn registry_file(home: &Path) -> PathBuf {
+    home.join("previews/pr-482/registry.json")
+}
+
+#[tokio::test]
+async fn explains_an_audience_for_another_preview() {
+    let s = setup().await;
+    let sc = start_sidecar(s.home.path(), "payments", None);
+    let t = token(&s.api, "preview-pr-481-payments", now(), "preview-pr-482-api");
+    let (status, body) = send(sc.addr, "POST", "/charge", &t, "rid-aud");
+    assert_eq!((status, body["reason"].as_str()), (401, Some("audience_mismatch")));
+    let x = explain(s.home.path(), "rid-aud");
+    assert_eq!(x["cause"], "audience_for_other_preview");
+    assert_eq!(x["summary"], "SERVICE_AUDIENCE of api points at pr-481; the preview is pr-482 (token aud preview-pr-481-payments)");
+    assert!(x["fix"].as_str().unwrap().starts_with("set SERVICE_AUDIENCE=preview-pr-482-payments for api"), "{x}");
+}
+
+#[tokio::test]
+async fn explains_clock_skew_with_its_size() {
+    let s = setup().await;
+    let sc = start_sidecar(s.home.path(), "payments", None);
+    let t = token(&s.api, "preview-pr-482-payments", now() + 600.0, "preview-pr-482-api");
+    let (status, body) = send(sc.addr, "POST", "/charge", &t, "rid-skew");
+    assert_eq!((status, body["reason"].as_str()), (401, Some("issued_in_future")));
+    let x = explain(s.home.path(), "rid-skew");
+    assert_eq!(x["cause"], "clock_skew");
+    let summary = x["summary"].as_str().unwrap();
+    // 600 s ahead, give or take the time between minting and the sidecar's decision.
+    let skew: f64 = summary.strip_prefix("clock skew of ").unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((590.0..=600.0).contains(&skew), "{summary}");
+    assert!(x["fix"].as_str().unwrap().starts_with("sync the clocks"), "{x}");
+}
+
+#[tokio::test]
+async fn explains_a_stale_key_with_when_it_was_revoked() {
+    let s = setup().await;
+    // The registry the sidecar reads says api's key was revoked (as after a rotation).
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(registry_file(s.home.path())).unwrap()).unwrap();
+    let kid = s.api.kid().to_owned();
+    doc["services"]["api"]["kids"] = json!([]);
+    let keys: Vec<Value> = doc["jwks"]["keys"].as_array().unwrap().iter().filter(|k| k["kid"] != kid.as_str()).cloned().collect();
+    doc["jwks"]["keys"] = json!(keys);
+    doc["revoked"] = json!([{"kid": kid, "service": "api", "revoked_at": 1796299200, "reason": "rotation"}]);
+    let rotated = s.home.path().join("rotated.json");
+    std::fs::write(&rotated, doc.to_string()).unwrap();
+    let sc = start_sidecar(s.home.path(), "payments", Some(&rotated));
+    let t = token(&s.api, "preview-pr-482-payments", now(), "preview-pr-482-api");
+    let (status, body) = send(sc.addr, "POST", "/charge", &t, "rid-stale");
+    assert_eq!((status, body["reason"].as_str()), (401, Some("key_revoked")));
+    let out = pvid(s.home.path(), &["explain", "--request-id", "rid-stale", "--registry", rotated.to_str().unwrap(), "--json"]);
+    let x = json(&out);
+    assert_eq!(x["cause"], "stale_key");
+    assert_eq!(x["summary"], format!("api signed with stale key {kid} (revoked at 2026-12-03T12:00:00Z for rotation)"));
+    assert!(x["fix"].as_str().unwrap().starts_with("restart api's sidecar"), "{x}");
+}
+
+#[tokio::test]
+async fn explains_a_misissued_token_from_a_service_not_in_the_preview() {
+    let s = setup().await;
+    let sc = start_sidecar(s.home.path(), "payments", None);
+    let t = token(&s.api, "preview-pr-482-payments", now(), "preview-pr-482-billing");
+    let (status, body) = send(sc.addr, "POST", "/charge", &t, "rid-iss");
+    assert_eq!((status, body["reason"].as_str()), (401, Some("issuer_unknown")));
+    let x = explain(s.home.path(), "rid-iss");
+    assert_eq!(x["cause"], "misrouted_or_misissued");
+    assert!(x["summary"].as_str().unwrap().contains("iss preview-pr-482-billing is not a service of pr-482"), "{x}");
+}
+
+#[tokio::test]
+async fn explains_a_torn_down_preview_with_when_and_by_whom() {
+    let s = setup().await;
+    let sc = start_sidecar(s.home.path(), "payments", None);
+    let t = token(&s.api, "preview-pr-482-payments", now(), "preview-pr-482-api");
+    assert_eq!(send(sc.addr, "POST", "/charge", &t, "rid-before").0, 200);
+    let out = super::support::pvid_with(s.home.path(), &["down", "pr-482"], &[("USER", "alice")], None);
+    assert_eq!(out.status.code(), Some(0));
+    let mut last = (0, Value::Null);
+    for i in 0..100 {
+        last = send(sc.addr, "POST", "/charge", &t, &format!("rid-after-{i}"));
+        if last.0 != 200 {
+            let x = explain(s.home.path(), &format!("rid-after-{i}"));
+            assert_eq!(x["cause"], "preview_torn_down");
+            let summary = x["summary"].as_str().unwrap();
+            assert!(summary.starts_with("preview pr-482 was torn down by cli:alice at 20"), "{summary}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("sidecar never refused after teardown: {last:?}");
+}
+
+#[tokio::test]
+async fn explains_a_policy_denial_with_the_rule_that_would_allow_it() {
+    let s = setup().await;
+    let sc = start_sidecar(s.home.path(), "payments", None);
+    let t = token(&s.api, "preview-pr-482-payments", now(), "preview-pr-482-api");
+    let (status, body) = send(sc.addr, "DELETE", "/charge/7", &t, "rid-policy");
+    assert_eq!((status, body["reason"].as_str()), (403, Some("policy_denied")));
+    let x = explain(s.home.path(), "rid-policy");
+    assert_eq!(x["cause"], "policy");
+    assert_eq!(x["summary"], "api may call payments only as: api -> payments: POST /charge; the request was DELETE /charge/7");
+    assert_eq!(x["fix"], "if intended, add to the spec: services.api.calls: [\"payments: DELETE /charge/7\"] and run pvid up again");
+}
+
+#[tokio::test]
+async fn explains_a_token_given_directly_without_any_log() {
+    let s = setup().await;
+    let t = token(&s.api, "preview-pr-481-payments", now(), "preview-pr-482-api");
+    let out = pvid(s.home.path(), &["explain", &t, "--service", "payments", "--preview", "pr-482", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["cause"], "audience_for_other_preview");
+}
