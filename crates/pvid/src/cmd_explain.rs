@@ -234,10 +234,47 @@ fn display(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// Orders one request's lines by time, breaking ties (timestamps are in milliseconds) by the hop
+/// count along the call chain: a mint at a caller comes before the callee's validation, which
+/// comes before the callee's own mints.
+fn sort_causally(lines: &mut [Value]) {
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let mut depth = vec![0usize; lines.len()];
+    for _ in 0..lines.len() {
+        let mut changed = false;
+        for i in 0..lines.len() {
+            let want = if lines[i]["event"] == "auth.validate" {
+                let caller = lines[i]["caller"].as_str().map(str::to_owned).unwrap_or_default();
+                (0..lines.len())
+                    .filter(|&j| lines[j]["event"] == "auth.mint" && s(&lines[j], "service") == caller && s(&lines[j], "callee") == s(&lines[i], "service"))
+                    .map(|j| depth[j] + 1)
+                    .max()
+            } else {
+                (0..lines.len())
+                    .filter(|&j| lines[j]["event"] == "auth.validate" && s(&lines[j], "service") == s(&lines[i], "service"))
+                    .map(|j| depth[j] + 1)
+                    .max()
+            };
+            if let Some(d) = want.filter(|d| *d > depth[i] && *d <= lines.len()) {
+                depth[i] = d;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut keyed: Vec<(String, usize, Value)> = lines.iter().zip(depth).map(|(v, d)| (s(v, "ts"), d, v.clone())).collect();
+    keyed.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (slot, (_, _, v)) in lines.iter_mut().zip(keyed) {
+        *slot = v;
+    }
+}
+
 pub fn logs_cmd(home: &Path, a: LogsArgs) -> Result<i32, Failure> {
     let paths = log_paths(home, &a.paths);
     let mut lines: Vec<Value> = read_lines(&paths)?.into_iter().filter(|v| v["request_id"] == a.request_id.as_str()).collect();
-    lines.sort_by(|x, y| x["ts"].as_str().unwrap_or_default().cmp(y["ts"].as_str().unwrap_or_default()));
+    sort_causally(&mut lines);
     if lines.is_empty() {
         eprintln!("no line with request id {} in {}", a.request_id, display(&paths));
         return Ok(NEGATIVE);
@@ -255,4 +292,23 @@ pub fn logs_cmd(home: &Path, a: LogsArgs) -> Result<i32, Failure> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_with_equal_timestamps_follow_the_call_chain() {
+        let ts = "2026-12-03T10:00:00.001Z";
+        let mut lines = vec![
+            json!({"ts": ts, "event": "auth.validate", "service": "webhooks", "caller": "worker"}),
+            json!({"ts": ts, "event": "auth.mint", "service": "worker", "callee": "webhooks"}),
+            json!({"ts": ts, "event": "auth.validate", "service": "worker", "caller": "api"}),
+            json!({"ts": ts, "event": "auth.mint", "service": "api", "callee": "worker"}),
+        ];
+        sort_causally(&mut lines);
+        let order: Vec<String> = lines.iter().map(|l| format!("{} {}", l["event"].as_str().unwrap(), l["service"].as_str().unwrap())).collect();
+        assert_eq!(order, ["auth.mint api", "auth.validate worker", "auth.mint worker", "auth.validate webhooks"]);
+    }
 }

@@ -215,3 +215,88 @@ async fn explains_a_token_given_directly_without_any_log() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(json(&out)["cause"], "audience_for_other_preview");
 }
+
+/// An upstream for `worker` that, for every request, calls webhooks through worker's egress
+/// sidecar with the same request id, then answers 200.
+fn relaying_upstream(egress: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let rid = req
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-request-id:").map(|v| v.trim().to_owned()))
+                .unwrap_or_default();
+            if let Ok(mut e) = TcpStream::connect(egress) {
+                let _ = write!(e, "POST /webhooks/hook HTTP/1.1\r\nhost: x\r\nx-request-id: {rid}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+                let mut sink = String::new();
+                let _ = e.read_to_string(&mut sink);
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn logs_follow_one_request_across_three_services_in_order() {
+    let s = setup().await;
+    let home = s.home.path();
+    let spawn = |service: &str, listen: SocketAddr, upstream: SocketAddr, egress: SocketAddr| {
+        let log = home.join("logs").join(format!("{service}.jsonl"));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pvid"))
+            .arg("--home")
+            .arg(home)
+            .args(["proxy", "--preview", "pr-482", "--service", service, "--listen", &listen.to_string()])
+            .args(["--upstream", &upstream.to_string(), "--egress", &egress.to_string()])
+            .arg("--log")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if TcpStream::connect(listen).is_ok() && TcpStream::connect(egress).is_ok() {
+                return Sidecar { child, addr: listen };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("sidecar {service} did not start");
+    };
+    // The sidecars must listen where the registry says, so take the addresses from it.
+    let reg: Value = serde_json::from_slice(&std::fs::read(registry_file(home)).unwrap()).unwrap();
+    let at = |svc: &str| -> SocketAddr { reg["services"][svc]["address"].as_str().unwrap().parse().unwrap() };
+    let (api_egress, worker_egress) = (free_port(), free_port());
+    let _webhooks = spawn("webhooks", at("webhooks"), upstream(), free_port());
+    let _worker = spawn("worker", at("worker"), relaying_upstream(worker_egress), worker_egress);
+    let _api = spawn("api", at("api"), upstream(), api_egress);
+
+    let mut c = TcpStream::connect(api_egress).unwrap();
+    write!(c, "GET /worker/jobs HTTP/1.1\r\nhost: x\r\nx-request-id: trace-3\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    let mut lines = Vec::new();
+    for _ in 0..40 {
+        let o = pvid(home, &["logs", "--request-id", "trace-3", "--json"]);
+        lines = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
+        if lines.iter().filter(|l| l["event"] == "auth.validate").count() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let seen: Vec<String> = lines.iter().map(|l| format!("{} {} {}", l["event"].as_str().unwrap(), l["service"].as_str().unwrap(), l["reason"].as_str().unwrap())).collect();
+    assert_eq!(
+        seen,
+        ["auth.mint api minted", "auth.validate worker ok", "auth.mint worker minted", "auth.validate webhooks ok"],
+        "{lines:?}"
+    );
+    let human = String::from_utf8_lossy(&pvid(home, &["logs", "--request-id", "trace-3"]).stdout).to_string();
+    assert_eq!(human.lines().count(), 4, "{human}");
+    assert!(human.lines().nth(1).unwrap().contains("api -> worker"), "{human}");
+}
