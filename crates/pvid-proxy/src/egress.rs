@@ -109,6 +109,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         }
     };
 
+    shared.metrics.mint(prepared.is_ok());
     let event = MintEvent {
         ts: rfc3339_millis(now),
         event: "auth.mint",

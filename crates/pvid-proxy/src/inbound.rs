@@ -46,6 +46,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let outcome = decide(&shared, &snapshot, &req, now);
 
     let event = decision_event(&shared, &snapshot, &req, &outcome, &request_id, now, started);
+    shared.metrics.decision(event.reason, event.latency_us);
     shared.log.record(&event).await;
     drop(event);
 
@@ -94,8 +95,10 @@ fn verify(shared: &Shared, snapshot: &Snapshot, token: &str, now: f64) -> Result
     };
     let key = TokenCache::key(token);
     if let Some(hit) = cache.get(&key, now, &snapshot.verifier) {
+        shared.metrics.cache_lookup(true);
         return Ok(hit);
     }
+    shared.metrics.cache_lookup(false);
     let verified = snapshot.verifier.verify(token, now)?;
     cache.insert(key, verified.clone(), now);
     Ok(verified)

@@ -10,17 +10,21 @@
 //!   invalid), then polled; a failed reload never replaces the last good registry.
 //! - **Decision log** (`log.rs`): exactly one JSON line per request, written before the response
 //!   leaves, never holding a token.
+//! - **Admin** (`admin.rs`, optional): `/healthz` (registry in force, this host's clock) and
+//!   `/metrics` (Prometheus, `metrics.rs`).
 //!
 //! The proxy links neither the state store nor an HTTP framework: hyper, a file and log lines.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod cache;
 mod egress;
 mod headers;
 mod inbound;
 mod log;
+mod metrics;
 mod registry_watch;
 mod respond;
 mod server;
@@ -143,6 +147,7 @@ pub struct Proxy {
     inbound: TcpListener,
     inbound_addr: SocketAddr,
     egress: Option<(TcpListener, SocketAddr)>,
+    admin: Option<(TcpListener, SocketAddr)>,
 }
 
 impl fmt::Debug for Proxy {
@@ -171,7 +176,16 @@ impl Proxy {
             None => None,
         };
         let shared = Shared::start(config).await?;
-        Ok(Proxy { shared: Arc::new(shared), inbound, inbound_addr, egress })
+        Ok(Proxy { shared: Arc::new(shared), inbound, inbound_addr, egress, admin: None })
+    }
+
+    /// Adds the admin listener (`GET /healthz`, `GET /metrics`) on `addr`; returns the bound
+    /// address.
+    pub async fn bind_admin(&mut self, addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
+        let l = bind(addr).await?;
+        let a = local_addr(&l, addr)?;
+        self.admin = Some((l, a));
+        Ok(a)
     }
 
     /// The address the inbound listener is bound to (with the real port when 0 was asked).
@@ -196,12 +210,16 @@ impl Proxy {
         let inbound = tokio::spawn(server::run(self.inbound, self.shared.clone(), Role::Inbound, stop_rx.clone()));
         let egress =
             self.egress.map(|(l, _)| tokio::spawn(server::run(l, self.shared.clone(), Role::Egress, stop_rx.clone())));
+        let admin = self.admin.map(|(l, _)| tokio::spawn(admin::run(l, self.shared.clone(), stop_rx.clone())));
         let inbound_result = inbound.await;
         let egress_result = match egress {
             Some(task) => task.await,
             None => Ok(()),
         };
         watcher.abort();
+        if let Some(task) = admin {
+            task.abort();
+        }
         inbound_result.map_err(|source| ProxyError::Serve { listener: "inbound", source })?;
         egress_result.map_err(|source| ProxyError::Serve { listener: "egress", source })?;
         Ok(())

@@ -51,6 +51,10 @@ impl Snapshot {
     }
 }
 
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = digest::digest(&digest::SHA256, bytes);
     let mut out = [0u8; 32];
@@ -62,11 +66,18 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 #[derive(Debug)]
 pub(crate) struct RegistryHandle {
     current: RwLock<Arc<Snapshot>>,
+    /// When the snapshot in force was put in force (Unix milliseconds, wall clock).
+    loaded_at_ms: std::sync::atomic::AtomicU64,
 }
 
 impl RegistryHandle {
     pub(crate) fn new(snapshot: Arc<Snapshot>) -> RegistryHandle {
-        RegistryHandle { current: RwLock::new(snapshot) }
+        RegistryHandle { current: RwLock::new(snapshot), loaded_at_ms: std::sync::atomic::AtomicU64::new(wall_ms()) }
+    }
+
+    /// When the snapshot in force was loaded (Unix seconds).
+    pub(crate) fn loaded_at(&self) -> f64 {
+        self.loaded_at_ms.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
     }
 
     /// The snapshot in force.
@@ -78,6 +89,7 @@ impl RegistryHandle {
     /// Puts `next` in force and returns the one it replaces.
     fn store(&self, next: Arc<Snapshot>) -> Arc<Snapshot> {
         let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        self.loaded_at_ms.store(wall_ms(), std::sync::atomic::Ordering::Relaxed);
         std::mem::replace(&mut *guard, next)
     }
 }

@@ -15,6 +15,7 @@ use pvid_core::{Clock, PreviewId, ServiceName, SigningKey, service_identity};
 use crate::cache::TokenCache;
 use crate::egress::MintCache;
 use crate::log::LogSink;
+use crate::metrics::Metrics;
 use crate::registry_watch::{RegistryHandle, Snapshot};
 use crate::{ProxyConfig, ProxyError};
 
@@ -43,6 +44,7 @@ pub(crate) struct Shared {
     pub client: HttpClient,
     pub signing_key: Option<SigningKey>,
     pub minted: MintCache,
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl Shared {
             client,
             signing_key: config.signing_key,
             minted: MintCache::default(),
+            metrics: Metrics::default(),
         };
         let current = shared.registry.load();
         shared.log.record(&shared.registry_event("registry.loaded", &current, None, None)).await;

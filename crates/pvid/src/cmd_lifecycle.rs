@@ -78,6 +78,15 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a preview's evidence as a JSONL bundle (entries, then the chain head), ready to
+    /// attach to a pull request.
+    Export {
+        /// The preview id.
+        id: PreviewId,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print a preview's story from the evidence trail.
     Trail {
         /// The preview id.
@@ -280,6 +289,34 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
                 (Err((seq, why)), false) => println!("evidence trail broken at entry {seq}: {why}"),
             }
             Ok(if result.is_ok() { 0 } else { NEGATIVE })
+        }
+        AuditCommand::Export { id, out } => {
+            let all = control.state().evidence(None).await?;
+            let chain = pvid_store::evidence::verify_chain(&all);
+            let mine: Vec<_> = all.iter().filter(|e| e.preview_id == id.as_str()).collect();
+            if mine.is_empty() {
+                return Err(invalid(anyhow!("no evidence for preview {id}")));
+            }
+            let mut text = String::new();
+            for e in &mine {
+                text.push_str(&serde_json::to_string(e).map_err(operational)?);
+                text.push('\n');
+            }
+            // The head commits to the whole trail; each entry's hash can be recomputed from its
+            // fields and prev_hash (see docs/cli.md).
+            let head = json!({"bundle": "pvid-evidence-v1", "preview": id, "entries": mine.len(),
+                              "chain_head": all.last().map(|e| e.hash.clone()), "chain_length": all.len(),
+                              "chain_verified": chain.is_ok(), "exported_at": rfc3339(pvid_store::state::unix_now())});
+            text.push_str(&head.to_string());
+            text.push('\n');
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| operational(anyhow!("cannot write {}: {e}", path.display())))?;
+                    eprintln!("wrote {} entries of {id} to {}", mine.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(if chain.is_ok() { 0 } else { NEGATIVE })
         }
         AuditCommand::Trail { id, json } => {
             let entries = control.state().evidence(Some(&id)).await?;

@@ -3,7 +3,7 @@
 
 use anyhow::anyhow;
 use clap::Args;
-use pvid_core::{PreviewId, ServiceName, SystemClock};
+use pvid_core::{Clock, PreviewId, ServiceName, SystemClock};
 use pvid_proxy::{LogTarget, Proxy, ProxyConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,13 @@ pub struct ProxyArgs {
     /// Append decision lines to this file instead of standard output.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Admin listener: `GET /healthz` (registry version, this host's clock) and `GET /metrics`
+    /// (Prometheus).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Test only: pretend this host's clock is off by SECS (for `pvid doctor` tests).
+    #[arg(long, hide = true, default_value_t = 0.0, allow_negative_numbers = true)]
+    dangerous_clock_offset_for_tests: f64,
     /// Turn the verified-token cache off (every request pays a signature check).
     #[arg(long)]
     no_cache: bool,
@@ -64,10 +71,17 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         registry,
         signing_key,
         log: a.log.map_or(LogTarget::Stdout, LogTarget::File),
-        clock: Arc::new(SystemClock),
+        clock: if a.dangerous_clock_offset_for_tests == 0.0 {
+            Arc::new(SystemClock)
+        } else {
+            Arc::new(OffsetClock(a.dangerous_clock_offset_for_tests))
+        },
         cache: !a.no_cache,
     };
-    let proxy = Proxy::bind(config).await.map_err(operational)?;
+    let mut proxy = Proxy::bind(config).await.map_err(operational)?;
+    if let Some(addr) = a.admin {
+        proxy.bind_admin(addr).await.map_err(operational)?;
+    }
     eprintln!(
         "pvid proxy: inbound {}{}",
         proxy.inbound_addr(),
@@ -75,6 +89,15 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
     );
     proxy.serve(shutdown_signal()).await.map_err(operational)?;
     Ok(0)
+}
+
+/// The system clock shifted by a fixed number of seconds.
+struct OffsetClock(f64);
+
+impl Clock for OffsetClock {
+    fn now(&self) -> f64 {
+        SystemClock.now() + self.0
+    }
 }
 
 async fn shutdown_signal() {

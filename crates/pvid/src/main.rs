@@ -2,6 +2,7 @@
 //! library crates together and maps errors to exit codes (see docs/cli.md).
 #![forbid(unsafe_code)]
 
+mod cmd_doctor;
 mod cmd_explain;
 mod cmd_lifecycle;
 mod cmd_proxy;
@@ -65,6 +66,8 @@ enum Command {
     Proxy(cmd_proxy::ProxyArgs),
     /// Say why a request was refused and what fixes it (from a token or a logged request id).
     Explain(cmd_explain::ExplainArgs),
+    /// Check a preview's services and sidecars for configuration drift and clock offset.
+    Doctor(cmd_doctor::DoctorArgs),
     /// Show every decision one request caused, across services, in order.
     Logs(cmd_explain::LogsArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
@@ -104,6 +107,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Token(a) => cmd_token::run(&home, a).await,
         Command::Proxy(a) => cmd_proxy::run(&home, a).await,
         Command::Explain(a) => cmd_explain::explain_cmd(&home, a).await,
+        Command::Doctor(a) => cmd_doctor::run(&home, a).await,
         Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
         Command::Demo(a) => demo::run(a).await,
     }

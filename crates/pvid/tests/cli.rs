@@ -4,6 +4,7 @@ mod cli {
     pub mod support;
 
     mod demo;
+    mod doctor;
     mod explain;
     mod lifecycle;
     mod spec_errors;

@@ -131,21 +131,54 @@ fn sweep_removes_what_a_crashed_provision_left() {
 }
 
 #[test]
-fn an_edited_evidence_trail_is_detected() {
+fn an_edited_deleted_or_reordered_evidence_entry_is_named() {
     let home = tempfile::tempdir().unwrap();
     up(home.path());
     let out = pvid(home.path(), &["audit", "verify", "--json"]);
     assert_eq!(json(&out)["result"], "ok");
-    // Edit one entry behind pvid's back.
-    let db = home.path().join("state.db");
-    let status = std::process::Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE evidence SET data='{}' WHERE seq=2\"); c.commit()"])
-        .arg(&db)
-        .status()
-        .expect("python3");
-    assert!(status.success());
-    let out = pvid(home.path(), &["audit", "verify", "--json"]);
-    assert_eq!(out.status.code(), Some(1));
-    let v = json(&out);
-    assert_eq!((v["result"].clone(), v["first_bad_seq"].clone()), ("broken".into(), 2.into()));
+    let tamper = [
+        ("UPDATE evidence SET data='{}' WHERE seq=2", 2),
+        ("DELETE FROM evidence WHERE seq=3", 4),
+        // Swap the contents of entries 3 and 4 (seq numbers stay in place).
+        ("UPDATE evidence SET seq=-1 WHERE seq=3; UPDATE evidence SET seq=3 WHERE seq=4; UPDATE evidence SET seq=4 WHERE seq=-1", 3),
+    ];
+    for (sql, first_bad) in tamper {
+        // Work on a copy of the whole PVID_HOME: the original stays intact.
+        let copy = tempfile::tempdir().unwrap();
+        for f in ["state.db", "state.db-wal", "state.db-shm", "master.key"] {
+            if home.path().join(f).exists() {
+                std::fs::copy(home.path().join(f), copy.path().join(f)).unwrap();
+            }
+        }
+        let script = format!("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(\"{sql}\"); c.commit()");
+        let status = std::process::Command::new("python3").args(["-c", &script]).arg(copy.path().join("state.db")).status().expect("python3");
+        assert!(status.success(), "{sql}");
+        let out = pvid(copy.path(), &["audit", "verify", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{sql}");
+        let v = json(&out);
+        assert_eq!((v["result"].clone(), v["first_bad_seq"].clone()), ("broken".into(), first_bad.into()), "{sql}: {v}");
+    }
+    assert_eq!(json(&pvid(home.path(), &["audit", "verify", "--json"]))["result"], "ok");
+}
+
+#[test]
+fn audit_export_writes_every_entry_of_the_preview_and_the_chain_head() {
+    let home = tempfile::tempdir().unwrap();
+    up(home.path());
+    assert_eq!(pvid(home.path(), &["down", "pr-482"]).status.code(), Some(0));
+    let bundle = home.path().join("evidence.jsonl");
+    let out = pvid(home.path(), &["audit", "export", "pr-482", "--out", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&bundle).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (head, entries) = lines.split_last().unwrap();
+    assert_eq!(head["bundle"], "pvid-evidence-v1");
+    assert_eq!(head["entries"], entries.len());
+    assert_eq!(head["chain_verified"], true);
+    assert_eq!(head["chain_head"], entries.last().unwrap()["hash"], "only pr-482 wrote evidence here");
+    let events: Vec<&str> = entries.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events.first(), Some(&"preview.provisioning"));
+    assert_eq!(events.last(), Some(&"preview.torn_down"));
+    assert_eq!(events.iter().filter(|e| **e == "key.issued").count(), 4);
+    assert_eq!(events.iter().filter(|e| **e == "secret.deleted").count(), 4);
 }
