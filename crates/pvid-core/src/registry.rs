@@ -57,7 +57,7 @@ impl FromStr for PreviewState {
 
 impl fmt::Display for PreviewState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

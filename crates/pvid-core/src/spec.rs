@@ -12,6 +12,9 @@ use crate::key::Algorithm;
 use crate::policy::{CallRule, CallSpec};
 use crate::token::{DEFAULT_TTL_S, MAX_TTL_S};
 
+/// Longest preview TTL accepted: a year.
+const MAX_PREVIEW_TTL_S: u64 = 365 * 86_400;
+
 /// A parsed, checked preview spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreviewSpec {
@@ -46,12 +49,15 @@ impl PreviewSpec {
         let mut rules = Vec::new();
         for svc in &self.services {
             for call in &svc.calls {
-                rules.push(CallRule {
+                let rule = CallRule {
                     caller: svc.name.clone(),
                     callee: call.callee.clone(),
                     methods: call.methods.clone(),
                     path: call.path.clone(),
-                });
+                };
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
             }
         }
         rules
@@ -59,6 +65,7 @@ impl PreviewSpec {
 
     /// Parses a spec. `file` is only used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<PreviewSpec, SpecError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawSpec = yaml_serde::from_str(text).map_err(|e| SpecError::from_yaml(file, text, &e))?;
         let err = |line: Option<usize>, field: String, message: String| SpecError {
             file: file.to_owned(),
@@ -101,6 +108,9 @@ impl PreviewSpec {
             return Err(top("token_ttl", format!("must be between 1s and {MAX_TTL_S}s")));
         }
         let ttl = raw.ttl.map(|t| parse_duration(&t).map_err(|e| top("ttl", e))).transpose()?;
+        if ttl.is_some_and(|t| t.as_secs() == 0 || t.as_secs() > MAX_PREVIEW_TTL_S) {
+            return Err(top("ttl", "must be between 1s and 365d".into()));
+        }
         Ok(PreviewSpec {
             preview,
             algorithm,
@@ -168,6 +178,26 @@ impl SpecError {
             }
             _ => line.and_then(|l| key_on_line(text, l)).unwrap_or_else(|| "(document)".to_owned()),
         };
+        message = message.replace("struct RawSpec", "a mapping with preview, algorithm, token_ttl, ttl and services");
+        message = message.replace("struct RawService", "a mapping with address, calls and accept_preview_audience");
+        if message.contains("cannot start any token")
+            && line.and_then(|l| text.lines().nth(l.saturating_sub(1))).is_some_and(|l| l.contains('\t'))
+        {
+            message.push_str(" (a tab: YAML indents with spaces only)");
+        }
+        if let Some(key) = message.strip_prefix("duplicate field `").and_then(|m| m.strip_suffix('`'))
+            && let Some(second) = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')))
+                .map(|(i, _)| i + 1)
+                .nth(1)
+        {
+            line = Some(second);
+            if field == "(document)" || field.is_empty() {
+                field = key.to_owned();
+            }
+        }
         // A duplicate is reported where the mapping starts; point at the second occurrence.
         if let Some(name) = message.strip_prefix("duplicate service `").and_then(|m| m.strip_suffix('`')) {
             let start = line.unwrap_or(1);

@@ -244,9 +244,9 @@ impl Verifier {
     }
 
     /// A verifier from a bare JWKS and the trusted issuers (`preview-<id>-<svc>`), for peers that
-    /// publish only a JWKS. A kid is bound to the service whose name it starts with (`<svc>-…`, or
-    /// `<preview>-<svc>-…`); the longest matching service name wins, and a kid that matches none
-    /// is refused when building.
+    /// publish only a JWKS. A kid is bound to a trusted service by its name (`<svc>-<n>[-<x>]`
+    /// or `<preview>-<svc>-<n>[-<x>]`); keys of no trusted service are left out, and a kid that
+    /// could name two services is an error.
     pub fn from_jwks(
         jwks: &Jwks,
         preview: &PreviewId,
@@ -265,8 +265,11 @@ impl Verifier {
         let mut keys = HashMap::new();
         for jwk in &jwks.keys {
             let kid = jwk.kid.clone().ok_or_else(|| VerifierError::Binding("a JWK has no kid".into()))?;
-            let (kid_preview, service) = bind_kid_by_name(&kid, preview, &services)
-                .ok_or_else(|| VerifierError::Binding(format!("kid `{kid}` names no trusted issuer's service")))?;
+            // A key of no trusted service is not loaded: its tokens are `unknown_kid`.
+            let Some((kid_preview, service)) = bind_kid_by_name(&kid, preview, &services).map_err(VerifierError::Binding)?
+            else {
+                continue;
+            };
             let key = jwk.to_verifying_key().map_err(|source| VerifierError::Key { kid: kid.clone(), source })?;
             keys.insert(kid, Arc::new(BoundKey { key, preview: kid_preview, service }));
         }
@@ -315,6 +318,10 @@ impl Verifier {
 
     /// Verifies a token at time `now` (Unix seconds).
     pub fn verify(&self, token: &str, now: f64) -> Result<Verified, Rejection> {
+        if !now.is_finite() {
+            // Every time comparison with NaN is false: fail closed instead.
+            return Err(Rejection::bare(ReasonCode::Expired, "the verifier's clock is not a finite number"));
+        }
         // size
         if token.len() > self.max_token_bytes {
             return Err(Rejection::bare(
@@ -505,29 +512,49 @@ impl Verifier {
     }
 }
 
-/// Binds a kid to (preview, service) by its name: `<svc>-…` in `preview`, or `<p>-<svc>-…` in
-/// preview `p`. The longest service name wins.
-fn bind_kid_by_name(kid: &str, preview: &PreviewId, services: &BTreeSet<ServiceName>) -> Option<(PreviewId, ServiceName)> {
-    let longest = |candidates: Vec<(PreviewId, &ServiceName)>| {
-        candidates.into_iter().max_by_key(|(_, s)| s.as_str().len()).map(|(p, s)| (p, s.clone()))
+/// Binds a kid to (preview, service) by its name, which must be `<svc>-<n>[-<suffix>]` (pvid's
+/// own form, in `preview`) or `<p>-<svc>-<n>[-<suffix>]` (in preview `p`), with `<n>` digits and
+/// `<suffix>` one label. `Ok(None)`: the kid names no trusted service; `Err`: it could name
+/// several (service `a` with kid `a-1-2` and service `a-1` with kid `a-1-2`), which only a
+/// registry can settle.
+fn bind_kid_by_name(
+    kid: &str,
+    preview: &PreviewId,
+    services: &BTreeSet<ServiceName>,
+) -> Result<Option<(PreviewId, ServiceName)>, String> {
+    let tail_ok = |t: &str| {
+        let (n, suffix) = t.split_once('-').unwrap_or((t, "x"));
+        !n.is_empty()
+            && n.bytes().all(|c| c.is_ascii_digit())
+            && !suffix.is_empty()
+            && suffix.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     };
-    let own: Vec<(PreviewId, &ServiceName)> = services
-        .iter()
-        .filter(|svc| kid.strip_prefix(svc.as_str()).is_some_and(|r| r.starts_with('-')))
-        .map(|svc| (preview.clone(), svc))
-        .collect();
-    if !own.is_empty() {
-        return longest(own);
+    let mut found: Vec<(PreviewId, ServiceName)> = Vec::new();
+    for svc in services {
+        if let Some(tail) = kid.strip_prefix(svc.as_str()).and_then(|r| r.strip_prefix('-'))
+            && tail_ok(tail)
+        {
+            found.push((preview.clone(), svc.clone()));
+        }
+        let marker = format!("-{svc}-");
+        for (i, _) in kid.match_indices(&marker) {
+            if let Ok(p) = kid[..i].parse::<PreviewId>()
+                && tail_ok(&kid[i + marker.len()..])
+            {
+                found.push((p, svc.clone()));
+            }
+        }
     }
-    // `<preview>-<svc>-<n>`, possibly of another preview: the service must still be trusted.
-    let prefixed = services
-        .iter()
-        .filter_map(|svc| {
-            let i = kid.find(&format!("-{svc}-"))?;
-            Some((kid[..i].parse::<PreviewId>().ok()?, svc))
-        })
-        .collect();
-    longest(prefixed)
+    found.sort();
+    found.dedup();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(format!(
+            "kid `{kid}` could belong to any of {}; verify with a registry, which binds kids explicitly",
+            found.iter().map(|(p, s)| format!("{p}/{s}")).collect::<Vec<_>>().join(", ")
+        )),
+    }
 }
 
 fn decode_json_segment(seg: &str) -> Result<Map<String, Value>, String> {

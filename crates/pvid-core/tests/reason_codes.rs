@@ -175,3 +175,37 @@ fn every_reason_code_is_covered_by_these_tests() {
     let all: Vec<&str> = ReasonCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(all, covered);
 }
+
+#[test]
+fn a_non_finite_clock_fails_closed() {
+    let f = fixture();
+    let token = sign(&f.api, header(&f.api), claims("api"));
+    let v = Verifier::for_service(&f.reg, &svc("payments")).unwrap();
+    assert!(v.verify(&token, NOW).is_ok());
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert_eq!(v.verify(&token, bad).unwrap_err().reason, ReasonCode::Expired);
+    }
+}
+
+#[test]
+fn bare_jwks_binds_kids_by_their_exact_form_and_refuses_ambiguity() {
+    let a = SigningKey::generate(Algorithm::ES256, "a-1-77n".into()).unwrap();
+    let jwks = Jwks { keys: vec![a.public_jwk()] };
+    let preview: pvid_core::PreviewId = "p".parse().unwrap();
+    let issuers = |s: &[&str]| s.iter().map(|x| format!("preview-p-{x}")).collect::<Vec<_>>();
+    // Service `a-1` does not own `a-1-77n` (`77n` is not a generation number); `a` does.
+    let v = Verifier::from_jwks(&jwks, &preview, &issuers(&["a", "a-1", "b"]), vec!["preview-p-b".into()]).unwrap();
+    let token = sign(&a, json!({"alg": "ES256", "kid": "a-1-77n"}), json!({"iss": "preview-p-a", "aud": "preview-p-b", "exp": NOW + 100.0}));
+    assert_eq!(v.verify(&token, NOW).unwrap().caller.as_str(), "a");
+    let forged = sign(&a, json!({"alg": "ES256", "kid": "a-1-77n"}), json!({"iss": "preview-p-a-1", "aud": "preview-p-b", "exp": NOW + 100.0}));
+    assert_eq!(v.verify(&forged, NOW).unwrap_err().reason, ReasonCode::IssuerKeyMismatch);
+    // `a-1-2` fits both `a` (generation 1, suffix 2) and `a-1` (generation 2): refused.
+    let amb = SigningKey::generate(Algorithm::ES256, "a-1-2".into()).unwrap();
+    let err = Verifier::from_jwks(&Jwks { keys: vec![amb.public_jwk()] }, &preview, &issuers(&["a", "a-1"]), vec![]).unwrap_err();
+    assert!(err.to_string().contains("could belong to any of p/a, p/a-1"), "{err}");
+    // A key of a service nobody trusts is left out: its tokens are unknown_kid.
+    let b = SigningKey::generate(Algorithm::ES256, "b-1-xyz".into()).unwrap();
+    let both = Jwks { keys: vec![a.public_jwk(), b.public_jwk()] };
+    let v = Verifier::from_jwks(&both, &preview, &issuers(&["b"]), vec!["preview-p-b".into()]).unwrap();
+    assert_eq!(v.verify(&token, NOW).unwrap_err().reason, ReasonCode::UnknownKid);
+}

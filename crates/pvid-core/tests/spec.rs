@@ -85,3 +85,23 @@ fn bad_call_rule_and_address_are_errors() {
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.field.starts_with("services.api"), "{e}");
 }
+
+#[test]
+fn friendlier_messages_for_common_yaml_mistakes() {
+    let e = err("preview: pr-1\npreview: pr-2\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(2), "preview"), "{e}");
+    let e = err("- a\n- b\n");
+    assert!(e.message.contains("a mapping with preview"), "{e}");
+    let e = err("services:\n\tapi: {}\n");
+    assert!(e.message.contains("a tab"), "{e}");
+    let ok = PreviewSpec::parse("bom.yaml", "\u{feff}preview: pr-1\nservices:\n  api: {}\n").unwrap();
+    assert_eq!(ok.preview.unwrap().as_str(), "pr-1");
+    let e = err("preview: pr-1\nttl: 99999999999d\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(2), "ttl"), "{e}");
+}
+
+#[test]
+fn duplicate_call_rules_are_merged() {
+    let spec = PreviewSpec::parse("s.yaml", "services:\n  api: { calls: [b, b, \"b: GET /x\", \"b: GET /x\"] }\n  b: {}\n").unwrap();
+    assert_eq!(spec.policy_rules().len(), 2);
+}

@@ -152,7 +152,17 @@ impl Shared {
         if last_failure.as_ref() == Some(&Failure::Content(digest)) {
             return;
         }
-        match Snapshot::parse(&bytes, &self.preview, &self.service) {
+        match Snapshot::parse(&bytes, &self.preview, &self.service).and_then(|next| {
+            // Versions only go up: an older (or rewritten same-version) registry could revive a
+            // torn-down preview or a revoked key.
+            if next.registry.version <= current.registry.version {
+                return Err(format!(
+                    "registry version {} is not newer than the one in force ({}); refusing to go back",
+                    next.registry.version, current.registry.version
+                ));
+            }
+            Ok(next)
+        }) {
             Ok(next) => {
                 *last_failure = None;
                 self.apply(next).await;

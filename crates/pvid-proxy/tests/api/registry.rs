@@ -183,3 +183,32 @@ async fn the_sidecar_decides_the_same_with_the_cache_off() {
     let reply = send(sidecar.inbound, "POST", "/charge", &[("Authorization", "Bearer x.y.z")], b"").await;
     assert_eq!(reply.json()["reason"], "malformed");
 }
+
+#[tokio::test]
+async fn an_older_registry_never_revives_a_torn_down_preview() {
+    let keys = Keys::generate();
+    let mut reg = registry(&keys);
+    let world = World::new(&reg).await;
+    let sidecar = world.sidecar("payments").await;
+    let auth = bearer(&token(&keys.api, "api", "payments"));
+    let call = |rid: &'static str| {
+        let auth = auth.clone();
+        let addr = sidecar.inbound;
+        async move { send(addr, "POST", "/charge", &[("Authorization", &auth), ("X-Request-Id", rid)], b"").await }
+    };
+    let live = reg.clone();
+    reg.state = PreviewState::TornDown;
+    reg.version = 4;
+    world.write_registry(&reg);
+    sidecar.wait_for_version(4).await;
+    assert_eq!(call("old-1").await.json()["reason"], "preview_torn_down");
+
+    // Someone copies the old, active registry back (a backup restore, a stale cache).
+    world.write_registry(&live);
+    let refused = sidecar
+        .wait_for_line("reload refused", |l| l["event"] == "registry.reload_failed" && l["registry_version"] == 4)
+        .await;
+    assert!(refused["error"].as_str().unwrap().contains("not newer"), "{refused}");
+    assert_eq!(call("old-2").await.json()["reason"], "preview_torn_down");
+    assert_eq!(world.echo.hits(), 0);
+}
