@@ -13,8 +13,13 @@ pub enum LifecycleError {
     #[error("preview {0} does not exist")]
     NotFound(String),
     /// The preview is active with a different spec.
-    #[error("preview {0} is already active with a different spec; tear it down first (pvid down {0})")]
-    SpecChanged(String),
+    #[error("preview {preview} is already active with a different spec ({changes}); tear it down first (pvid down {preview})")]
+    SpecChanged {
+        /// The preview.
+        preview: String,
+        /// What differs, in words.
+        changes: String,
+    },
     /// A teardown is in progress.
     #[error("preview {0} is being torn down; finish it with `pvid down {0}` before provisioning again")]
     TearingDown(String),

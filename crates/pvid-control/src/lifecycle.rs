@@ -85,7 +85,7 @@ impl Control {
         let outcome = match &existing {
             Some(rec) if rec.state == PreviewState::Active => {
                 if &rec.config != config {
-                    return Err(LifecycleError::SpecChanged(id.to_string()));
+                    return Err(LifecycleError::SpecChanged { preview: id.to_string(), changes: describe_changes(&rec.config, config) });
                 }
                 // Still republish: the files may have been removed.
                 write_registry_files(&self.home, &build_registry(rec, &self.state.keys(id).await?))?;
@@ -271,4 +271,35 @@ impl Control {
     async fn secrets_of(&self, id: &PreviewId) -> Result<Vec<SecretPath>, LifecycleError> {
         Ok(self.secrets.list().await?.into_iter().filter(|p| &p.preview == id).collect())
     }
+}
+
+/// What differs between two stored specs, in words (`token_ttl 300s -> 60s; services added: x`).
+fn describe_changes(old: &PreviewConfig, new: &PreviewConfig) -> String {
+    let mut out = Vec::new();
+    if old.algorithm != new.algorithm {
+        out.push(format!("algorithm {} -> {}", old.algorithm, new.algorithm));
+    }
+    if old.token_ttl_s != new.token_ttl_s {
+        out.push(format!("token_ttl {}s -> {}s", old.token_ttl_s, new.token_ttl_s));
+    }
+    if old.ttl_s != new.ttl_s {
+        out.push("ttl changed".to_owned());
+    }
+    let names = |c: &PreviewConfig| c.services.iter().map(|s| s.name.to_string()).collect::<Vec<_>>();
+    let (o, n) = (names(old), names(new));
+    let added: Vec<&String> = n.iter().filter(|s| !o.contains(s)).collect();
+    let removed: Vec<&String> = o.iter().filter(|s| !n.contains(s)).collect();
+    if !added.is_empty() {
+        out.push(format!("services added: {}", added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+    }
+    if !removed.is_empty() {
+        out.push(format!("services removed: {}", removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+    }
+    if added.is_empty() && removed.is_empty() && old.services != new.services {
+        out.push("service addresses or audiences changed".to_owned());
+    }
+    if old.policy != new.policy {
+        out.push("calls changed".to_owned());
+    }
+    if out.is_empty() { "order of services changed".to_owned() } else { out.join("; ") }
 }

@@ -61,7 +61,9 @@ async fn provision_with_a_different_spec_is_refused() {
     c.provision(&id("pr-1"), &config()).await.unwrap();
     let mut changed = config();
     changed.token_ttl_s = 60;
-    assert!(matches!(c.provision(&id("pr-1"), &changed).await, Err(pvid_control::LifecycleError::SpecChanged(_))));
+    let err = c.provision(&id("pr-1"), &changed).await.unwrap_err();
+    assert!(matches!(err, pvid_control::LifecycleError::SpecChanged { .. }));
+    assert!(err.to_string().contains("(token_ttl 300s -> 60s)"), "{err}");
 }
 
 #[tokio::test]

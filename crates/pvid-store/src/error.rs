@@ -51,6 +51,14 @@ pub enum StoreError {
         /// Its mode bits.
         mode: u32,
     },
+    /// The master key is gone but sealed secrets remain: a new key could not open them.
+    #[error("master key {path} is missing but sealed secrets exist under {secrets}; restore the key file (a new key cannot open them)")]
+    MasterKeyMissing {
+        /// The expected key file.
+        path: PathBuf,
+        /// The secrets folder.
+        secrets: PathBuf,
+    },
     /// The master key file is not 32 bytes.
     #[error("master key {path} is not a pvid master key (expected 32 bytes)")]
     MasterKeyInvalid {

@@ -156,7 +156,12 @@ impl LocalSecretStore {
                     source,
                 })?)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_master_key(&key_path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if holds_sealed_files(&root) {
+                    return Err(StoreError::MasterKeyMissing { path: key_path, secrets: root });
+                }
+                create_master_key(&key_path)?
+            }
             Err(source) => return Err(StoreError::SecretIo { operation: "stat master key", path: key_path, source }),
         };
         if bytes.len() != 32 {
@@ -284,6 +289,15 @@ impl SecretStore for LocalSecretStore {
     }
 }
 
+/// Whether any sealed secret exists below `dir`.
+fn holds_sealed_files(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    entries.filter_map(Result::ok).any(|e| {
+        let p = e.path();
+        if p.is_dir() { holds_sealed_files(&p) } else { p.extension().is_some_and(|x| x == "sealed") }
+    })
+}
+
 fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
@@ -354,6 +368,17 @@ mod tests {
         store.put(&b, b"other").await.unwrap();
         fs::copy(store.file(&a), store.file(&b)).unwrap();
         assert!(matches!(store.get(&b).await, Err(StoreError::Unseal { .. })));
+    }
+
+    #[tokio::test]
+    async fn refuses_to_invent_a_master_key_over_existing_secrets() {
+        let home = tempfile::tempdir().unwrap();
+        let store = LocalSecretStore::open(home.path()).unwrap();
+        store.put(&path("pr-1", "api"), b"k").await.unwrap();
+        fs::remove_file(home.path().join("master.key")).unwrap();
+        let err = LocalSecretStore::open(home.path()).unwrap_err();
+        assert!(matches!(err, StoreError::MasterKeyMissing { .. }), "{err}");
+        assert!(!home.path().join("master.key").exists());
     }
 
     #[test]

@@ -87,12 +87,12 @@ pub async fn run(home: &Path, a: DoctorArgs) -> Result<i32, Failure> {
         check_sidecar(&client, &reg, url, a.max_clock_offset, &mut findings).await;
     }
     if a.json {
-        println!("{}", json!({"preview": reg.preview, "checked": checks, "findings": findings}));
+        outln!("{}", json!({"preview": reg.preview, "checked": checks, "findings": findings}));
     } else if findings.is_empty() {
-        println!("clean: preview {} registry v{}; {checks} service environment(s) and sidecar(s) checked", reg.preview, reg.version);
+        outln!("clean: preview {} registry v{}; {checks} service environment(s) and sidecar(s) checked", reg.preview, reg.version);
     } else {
         for f in &findings {
-            println!("[{}] {}: {} -- fix: {}", f.check, f.service, f.problem, f.fix);
+            outln!("[{}] {}: {} -- fix: {}", f.check, f.service, f.problem, f.fix);
         }
     }
     Ok(if findings.is_empty() { 0 } else { NEGATIVE })

@@ -88,15 +88,15 @@ pub async fn explain_cmd(home: &Path, a: ExplainArgs) -> Result<i32, Failure> {
         x.summary = x.summary.replacen(" was torn down", &format!(" was torn down by {by}"), 1);
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"reason": x.reason, "cause": x.cause, "summary": x.summary, "fix": x.fix, "service": service,
                    "preview": registry.as_ref().map(|r| r.preview.to_string()), "request_id": request_id})
         );
     } else {
-        println!("reason: {}", x.reason);
-        println!("cause:  {}", x.summary);
-        println!("fix:    {}", x.fix);
+        outln!("reason: {}", x.reason);
+        outln!("cause:  {}", x.summary);
+        outln!("fix:    {}", x.fix);
     }
     Ok(0)
 }
@@ -281,14 +281,14 @@ pub fn logs_cmd(home: &Path, a: LogsArgs) -> Result<i32, Failure> {
     }
     for v in &lines {
         if a.json {
-            println!("{v}");
+            outln!("{v}");
         } else {
             let f = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
             let who = match v["event"].as_str() {
                 Some("auth.mint") => format!("{} -> {}", f("service"), f("callee")),
                 _ => format!("{} -> {}", v["caller"].as_str().or(v["caller_iss"].as_str()).unwrap_or("?"), f("service")),
             };
-            println!("{}  {:<14} {:<22} {:<6} {:<18} {} {}", f("ts"), f("event"), who, f("result"), f("reason"), f("method"), f("path"));
+            outln!("{}  {:<14} {:<22} {:<6} {:<18} {} {}", f("ts"), f("event"), who, f("result"), f("reason"), f("method"), f("path"));
         }
     }
     Ok(0)

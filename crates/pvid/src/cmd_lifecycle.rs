@@ -108,7 +108,8 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
     let id = a.preview.or(spec.preview.clone()).ok_or_else(|| {
         invalid(anyhow!("{}: no preview id: set `preview:` in the spec or pass --preview", a.file.display()))
     })?;
-    let control = context::open(home).await?;
+    let _lock = context::lock(home, true)?;
+    let control = context::open_or_create(home).await?;
     let started = Instant::now();
     let outcome = control.provision(&id, &spec.config()).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -124,7 +125,7 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
             .iter()
             .map(|(name, e)| json!({"service": name, "issuer": e.issuer, "audience": e.audience, "kids": e.kids, "address": e.address}))
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"preview": id, "outcome": what, "state": reg.state, "version": reg.version, "services": services,
                    "registry": pvid_control::registry_dir(home, id.as_str()).join("registry.json"), "elapsed_ms": elapsed_ms})
@@ -135,16 +136,18 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
             ProvisionOutcome::Created => "provisioned",
             ProvisionOutcome::Resumed => "provisioned (completed an interrupted run)",
         };
-        println!("preview {id}: {verb} ({} services, registry v{}, {elapsed_ms:.1} ms)", reg.services.len(), reg.version);
+        let n = reg.services.len();
+        outln!("preview {id}: {verb} ({n} service{}, registry v{}, {elapsed_ms:.1} ms)", if n == 1 { "" } else { "s" }, reg.version);
         for (name, e) in &reg.services {
-            println!("  {name:<12} kid {:<18} aud {}", e.kids.join(","), e.audience);
+            outln!("  {name:<12} kid {:<18} aud {}", e.kids.join(","), e.audience);
         }
-        println!("registry: {}", pvid_control::registry_dir(home, id.as_str()).join("registry.json").display());
+        outln!("registry: {}", pvid_control::registry_dir(home, id.as_str()).join("registry.json").display());
     }
     Ok(0)
 }
 
 pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
+    let _lock = context::lock(home, false)?;
     let control = context::open(home).await?;
     let outcome = control.teardown(&a.id).await?;
     let what = match outcome {
@@ -152,11 +155,11 @@ pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
         TeardownOutcome::TornDown => "torn_down",
     };
     if a.json {
-        println!("{}", json!({"preview": a.id, "outcome": what}));
+        outln!("{}", json!({"preview": a.id, "outcome": what}));
     } else if outcome == TeardownOutcome::AlreadyTornDown {
-        println!("preview {}: already torn down, nothing left", a.id);
+        outln!("preview {}: already torn down, nothing left", a.id);
     } else {
-        println!("preview {}: torn down (keys revoked, secrets deleted and confirmed gone)", a.id);
+        outln!("preview {}: torn down (keys revoked, secrets deleted and confirmed gone)", a.id);
     }
     Ok(0)
 }
@@ -170,13 +173,13 @@ pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
             .map(|p| json!({"preview": p.id, "state": p.state, "version": p.version, "services": p.config.services.len(),
                             "created_at": rfc3339(p.created_at), "updated_at": rfc3339(p.updated_at)}))
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list));
     } else if previews.is_empty() {
-        println!("no previews in {}", home.display());
+        outln!("no previews in {}", home.display());
     } else {
-        println!("{:<20} {:<13} {:>8} {:>8}  {}", "PREVIEW", "STATE", "SERVICES", "VERSION", "UPDATED");
+        outln!("{:<20} {:<13} {:>8} {:>8}  {}", "PREVIEW", "STATE", "SERVICES", "VERSION", "UPDATED");
         for p in previews {
-            println!("{:<20} {:<13} {:>8} {:>8}  {}", p.id, p.state, p.config.services.len(), p.version, rfc3339(p.updated_at));
+            outln!("{:<20} {:<13} {:>8} {:>8}  {}", p.id, p.state, p.config.services.len(), p.version, rfc3339(p.updated_at));
         }
     }
     Ok(0)
@@ -203,7 +206,7 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
             })
             .collect();
         let policy: Vec<String> = reg.policy.iter().map(ToString::to_string).collect();
-        println!(
+        outln!(
             "{}",
             json!({"preview": rec.id, "state": rec.state, "version": rec.version, "algorithm": rec.config.algorithm,
                    "token_ttl_s": rec.config.token_ttl_s, "created_at": rfc3339(rec.created_at), "updated_at": rfc3339(rec.updated_at),
@@ -211,20 +214,20 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
         );
         return Ok(0);
     }
-    println!("preview {}  state {}  version {}  algorithm {}  token ttl {}s", rec.id, rec.state, rec.version, rec.config.algorithm, rec.config.token_ttl_s);
-    println!("{:<12} {:<28} {:<22} {:<10} {}", "SERVICE", "ISSUER / AUDIENCE", "KID", "KEY", "ADDRESS");
+    outln!("preview {}  state {}  version {}  algorithm {}  token ttl {}s", rec.id, rec.state, rec.version, rec.config.algorithm, rec.config.token_ttl_s);
+    outln!("{:<12} {:<28} {:<22} {:<10} {}", "SERVICE", "ISSUER / AUDIENCE", "KID", "KEY", "ADDRESS");
     for (name, e) in &reg.services {
         let mine: Vec<_> = keys.iter().filter(|k| &k.service == name).collect();
         if mine.is_empty() {
-            println!("{:<12} {:<28} {:<22} {:<10} {}", name, e.issuer, "-", "-", e.address.as_deref().unwrap_or("-"));
+            outln!("{:<12} {:<28} {:<22} {:<10} {}", name, e.issuer, "-", "-", e.address.as_deref().unwrap_or("-"));
         }
         for k in mine {
-            println!("{:<12} {:<28} {:<22} {:<10} {}", name, e.issuer, k.kid, k.state.as_str(), e.address.as_deref().unwrap_or("-"));
+            outln!("{:<12} {:<28} {:<22} {:<10} {}", name, e.issuer, k.kid, k.state.as_str(), e.address.as_deref().unwrap_or("-"));
         }
     }
-    println!("policy (everything else is denied):");
+    outln!("policy (everything else is denied):");
     for r in &reg.policy {
-        println!("  {r}");
+        outln!("  {r}");
     }
     Ok(0)
 }
@@ -232,18 +235,20 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
 pub async fn jwks(home: &Path, a: IdArg) -> Result<i32, Failure> {
     let control = context::open(home).await?;
     let reg = control.registry(&a.id).await?;
-    println!("{}", serde_json::to_string_pretty(&reg.jwks).map_err(operational)?);
+    outln!("{}", serde_json::to_string_pretty(&reg.jwks).map_err(operational)?);
     Ok(0)
 }
 
 pub async fn registry(home: &Path, a: IdArg) -> Result<i32, Failure> {
     let control = context::open(home).await?;
     let reg = control.registry(&a.id).await?;
-    println!("{}", serde_json::to_string_pretty(&reg).map_err(operational)?);
+    outln!("{}", serde_json::to_string_pretty(&reg).map_err(operational)?);
     Ok(0)
 }
 
 pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
+    // The orphan audit must not see a provision or teardown half-way.
+    let _lock = matches!(a, AuditCommand::Orphans { .. }).then(|| context::lock(home, false)).transpose()?;
     let control = context::open(home).await?;
     match a {
         AuditCommand::Orphans { sweep, json } => {
@@ -262,18 +267,18 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             }
             let left = if sweep { control.find_orphans().await? } else { orphans.clone() };
             if json {
-                println!("{}", json!({"found": orphans, "swept": sweep, "remaining": left.len()}));
+                outln!("{}", json!({"found": orphans, "swept": sweep, "remaining": left.len()}));
             } else if orphans.is_empty() {
-                println!("clean: no orphaned secret or key");
+                outln!("clean: no orphaned secret or key");
             } else {
                 for o in &orphans {
                     let what = match o.kind {
                         OrphanKind::Secret => format!("secret {}", o.path.as_deref().unwrap_or("?")),
                         OrphanKind::Key => format!("key {} ({}/{})", o.kid.as_deref().unwrap_or("?"), o.preview, o.service),
                     };
-                    println!("orphan {what}: {}{}", o.why, if sweep { " [swept]" } else { "" });
+                    outln!("orphan {what}: {}{}", o.why, if sweep { " [swept]" } else { "" });
                 }
-                println!("{} orphan(s){}", orphans.len(), if sweep { format!(", {} remaining", left.len()) } else { String::new() });
+                outln!("{} orphan(s){}", orphans.len(), if sweep { format!(", {} remaining", left.len()) } else { String::new() });
             }
             // Without --sweep any finding is a failure; with it, only what could not be removed.
             Ok(if left.is_empty() && (sweep || orphans.is_empty()) { 0 } else { NEGATIVE })
@@ -283,10 +288,10 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             let result = pvid_store::evidence::verify_chain(&entries);
             let head = entries.last().map(|e| e.hash.clone());
             match (&result, json) {
-                (Ok(()), true) => println!("{}", json!({"result": "ok", "entries": entries.len(), "head": head})),
-                (Ok(()), false) => println!("evidence trail intact: {} entries, head {}", entries.len(), head.as_deref().unwrap_or("-")),
-                (Err((seq, why)), true) => println!("{}", json!({"result": "broken", "first_bad_seq": seq, "why": why})),
-                (Err((seq, why)), false) => println!("evidence trail broken at entry {seq}: {why}"),
+                (Ok(()), true) => outln!("{}", json!({"result": "ok", "entries": entries.len(), "head": head})),
+                (Ok(()), false) => outln!("evidence trail intact: {} entries, head {}", entries.len(), head.as_deref().unwrap_or("-")),
+                (Err((seq, why)), true) => outln!("{}", json!({"result": "broken", "first_bad_seq": seq, "why": why})),
+                (Err((seq, why)), false) => outln!("evidence trail broken at entry {seq}: {why}"),
             }
             Ok(if result.is_ok() { 0 } else { NEGATIVE })
         }
@@ -314,7 +319,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
                     std::fs::write(&path, text).map_err(|e| operational(anyhow!("cannot write {}: {e}", path.display())))?;
                     eprintln!("wrote {} entries of {id} to {}", mine.len(), path.display());
                 }
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
             Ok(if chain.is_ok() { 0 } else { NEGATIVE })
         }
@@ -325,9 +330,9 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             }
             for e in entries {
                 if json {
-                    println!("{}", serde_json::to_string(&e).map_err(operational)?);
+                    outln!("{}", serde_json::to_string(&e).map_err(operational)?);
                 } else {
-                    println!("{:>5}  {}  {:<22} {}", e.seq, rfc3339_ms(e.ts_ms), e.event, e.data);
+                    outln!("{:>5}  {}  {:<22} {}", e.seq, rfc3339_ms(e.ts_ms), e.event, e.data);
                 }
             }
             Ok(0)
@@ -341,9 +346,6 @@ pub fn rfc3339(unix: i64) -> String {
 }
 
 fn rfc3339_ms(ms: i64) -> String {
-    let fmt = time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&fmt).ok())
-        .unwrap_or_else(|| ms.to_string())
+    let secs = pvid_core::explain::rfc3339(ms.div_euclid(1000));
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms.rem_euclid(1000))
 }

@@ -78,7 +78,12 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         },
         cache: !a.no_cache,
     };
-    let mut proxy = Proxy::bind(config).await.map_err(operational)?;
+    // A registry that is missing, invalid, of another preview or without this service is a
+    // problem with what the operator asked for (exit 2); a port in use is operational (exit 3).
+    let mut proxy = Proxy::bind(config).await.map_err(|e| match e {
+        pvid_proxy::ProxyError::LoadRegistry { .. } => invalid(e),
+        e => operational(e),
+    })?;
     if let Some(addr) = a.admin {
         proxy.bind_admin(addr).await.map_err(operational)?;
     }

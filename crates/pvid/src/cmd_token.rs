@@ -102,21 +102,30 @@ async fn mint(home: &Path, a: MintArgs) -> Result<i32, Failure> {
     let audience = service_identity(&a.preview, &a.to);
     let token = pvid_core::mint(&key, &MintRequest { from: &a.from, preview: &a.preview, audience: &audience, ttl_s, now: SystemClock.now() })
         .map_err(operational)?;
-    println!("{token}");
+    outln!("{token}");
     Ok(0)
 }
 
 fn verify(a: VerifyArgs) -> Result<i32, Failure> {
     let token = if a.token == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| invalid(anyhow!("cannot read the token from stdin: {e}")))?;
-        s
+        // Read at most a little more than the largest token: the size check decides, and a
+        // gigabyte on stdin costs nothing.
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .take(pvid_core::token::MAX_TOKEN_BYTES as u64 * 2 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| invalid(anyhow!("cannot read the token from stdin: {e}")))?;
+        // Not UTF-8 cannot be a token; let the verifier call it malformed.
+        String::from_utf8(bytes).unwrap_or_else(|_| "\u{fffd}".to_owned())
     } else {
         a.token.clone()
     };
     let token = token.trim();
     let verifier = build_verifier(&a)?.with_leeway(a.leeway);
     let now = a.now.unwrap_or_else(|| SystemClock.now());
+    if !(0.0..=pvid_core::token::MAX_NUMERIC_DATE).contains(&now) {
+        return Err(invalid(anyhow!("--now must be a Unix time between 0 and 253402300799")));
+    }
     let outcome = verifier.verify(token, now);
     let (code, out) = match &outcome {
         Ok(v) => (
@@ -131,11 +140,11 @@ fn verify(a: VerifyArgs) -> Result<i32, Failure> {
         ),
     };
     if a.json {
-        println!("{out}");
+        outln!("{out}");
     } else {
         match outcome {
-            Ok(v) => println!("ok: caller {} ({}), kid {}, audience {}", v.caller, v.issuer, v.kid, v.audience),
-            Err(r) => println!("deny: {}: {}", r.reason, r.detail),
+            Ok(v) => outln!("ok: caller {} ({}), kid {}, audience {}", v.caller, v.issuer, v.kid, v.audience),
+            Err(r) => outln!("deny: {}: {}", r.reason, r.detail),
         }
     }
     Ok(code)

@@ -85,7 +85,7 @@ pub async fn run(a: DemoArgs) -> Result<i32, Failure> {
     let passed = rows.iter().filter(|r| r.ok).count();
     let total_ms = started.elapsed().as_millis();
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"preview": demo.preview, "rows": rows, "passed": passed, "total": rows.len(),
                    "ok": passed == rows.len(), "up_ms": demo.up_ms, "total_ms": total_ms,
@@ -93,8 +93,8 @@ pub async fn run(a: DemoArgs) -> Result<i32, Failure> {
         );
     } else {
         print_table(&rows);
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{passed}/{} rows as expected. pvid up ({} services): {:.1} ms; whole demo: {:.1} s.",
             rows.len(),
             demo.services.len(),
@@ -102,7 +102,7 @@ pub async fn run(a: DemoArgs) -> Result<i32, Failure> {
             total_ms as f64 / 1000.0
         );
         if a.keep {
-            println!("state, registry and decision logs kept in {}", home.display());
+            outln!("state, registry and decision logs kept in {}", home.display());
         }
     }
     if a.keep {
@@ -137,9 +137,9 @@ fn print_table(rows: &[Row]) {
     let line = |vals: &[String]| {
         vals.iter().zip(widths.iter()).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
     };
-    println!("{}", line(&headers.map(str::to_owned)));
+    outln!("{}", line(&headers.map(str::to_owned)));
     for c in &cells {
-        println!("{}", line(c));
+        outln!("{}", line(c));
     }
 }
 
@@ -179,7 +179,7 @@ impl Demo {
             svc.address = Some(ports[svc.name.as_str()].0.to_string());
         }
 
-        let control = context::open(home).await.map_err(|f| f.error)?;
+        let control = context::open_or_create(home).await.map_err(|f| f.error)?;
         let t = Instant::now();
         control.provision(&preview, &config).await?;
         let up_ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -30,7 +30,7 @@ impl From<pvid_control::LifecycleError> for Failure {
     fn from(e: pvid_control::LifecycleError) -> Failure {
         use pvid_control::LifecycleError as E;
         let code = match &e {
-            E::NotFound(_) | E::SpecChanged(_) | E::TearingDown(_) => INVALID,
+            E::NotFound(_) | E::SpecChanged { .. } | E::TearingDown(_) => INVALID,
             _ => OPERATIONAL,
         };
         Failure { code, error: e.into() }
@@ -40,5 +40,19 @@ impl From<pvid_control::LifecycleError> for Failure {
 impl From<pvid_store::StoreError> for Failure {
     fn from(e: pvid_store::StoreError) -> Failure {
         operational(e)
+    }
+}
+
+/// Writes to standard output; a closed pipe ends the process with success (the reader has all it
+/// wanted), any other write error with [`OPERATIONAL`].
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("pvid: cannot write to standard output: {e}");
+        std::process::exit(OPERATIONAL);
     }
 }

@@ -2,6 +2,18 @@
 //! library crates together and maps errors to exit codes (see docs/cli.md).
 #![forbid(unsafe_code)]
 
+/// `println!` that ends the process quietly when standard output is closed (`pvid ... | head`)
+/// instead of panicking.
+macro_rules! outln {
+    () => { $crate::exit::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::exit::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with the same behaviour as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::exit::write_stdout(format_args!($($arg)*)) };
+}
+
 mod cmd_doctor;
 mod cmd_explain;
 mod cmd_lifecycle;
@@ -88,6 +100,10 @@ fn main() {
         Ok(code) => code,
         Err(Failure { code, error }) => {
             eprintln!("pvid: {error:#}");
+            // A program that asked for JSON gets the error as JSON on stdout too.
+            if std::env::args().any(|a| a == "--json") {
+                outln!("{}", serde_json::json!({"result": "error", "exit_code": code, "message": format!("{error:#}")}));
+            }
             code
         }
     };

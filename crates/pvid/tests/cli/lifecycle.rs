@@ -56,8 +56,49 @@ fn down_is_idempotent_and_leaves_nothing() {
 }
 
 #[test]
+fn commands_on_a_home_without_state_fail_and_create_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let typo = scratch.path().join("typo");
+    for args in [&["ls"][..], &["audit", "orphans"], &["show", "pr-1"], &["down", "pr-1"], &["audit", "verify"]] {
+        let out = pvid(&typo, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("no pvid state in"), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!typo.exists(), "a read-only command created the home");
+}
+
+#[test]
+fn concurrent_ups_and_downs_of_one_preview_end_consistent() {
+    let home = tempfile::tempdir().unwrap();
+    let spec = example_spec();
+    let spawn = |args: Vec<String>| {
+        let home = home.path().to_path_buf();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pvid(&home, &args).status.code()
+        })
+    };
+    let up_args = vec!["up".to_string(), "-f".into(), spec.display().to_string()];
+    let ups: Vec<_> = (0..4).map(|_| spawn(up_args.clone())).collect();
+    let codes: Vec<_> = ups.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes, [Some(0); 4]);
+    let show = json(&pvid(home.path(), &["show", "pr-482", "--json"]));
+    for s in show["services"].as_array().unwrap() {
+        assert_eq!(s["keys"].as_array().unwrap().len(), 1, "one key per service: {s}");
+    }
+    assert_eq!(pvid(home.path(), &["audit", "orphans"]).status.code(), Some(0));
+    let downs: Vec<_> = (0..4).map(|_| spawn(vec!["down".into(), "pr-482".into()])).collect();
+    let codes: Vec<_> = downs.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes, [Some(0); 4]);
+    let trail = stdout(&pvid(home.path(), &["audit", "trail", "pr-482", "--json"]));
+    assert_eq!(trail.lines().filter(|l| l.contains("\"preview.torn_down\"")).count(), 1, "{trail}");
+    assert_eq!(pvid(home.path(), &["audit", "orphans"]).status.code(), Some(0));
+}
+
+#[test]
 fn down_of_an_unknown_preview_is_an_input_error() {
     let home = tempfile::tempdir().unwrap();
+    up(home.path());
     let out = pvid(home.path(), &["down", "pr-404"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("pr-404 does not exist"), "{}", stderr(&out));
