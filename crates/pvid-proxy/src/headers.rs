@@ -32,7 +32,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// A caller's request id is kept when it is 1..=128 visible ASCII characters.
 pub(crate) fn is_sane_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= MAX_REQUEST_ID_CHARS && v.iter().all(|c| (0x21..=0x7e).contains(c))
+    // Letters, digits and `-._:/+=` cover UUIDs, ULIDs, hex, base64 and trace ids; quotes,
+    // angle brackets and the like would travel into upstream logs and HTML unescaped.
+    !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID_CHARS
+        && v.iter().all(|c| c.is_ascii_alphanumeric() || b"-._:/+=".contains(c))
 }
 
 /// A fresh request id: 16 random bytes in hex.
@@ -105,6 +109,9 @@ mod tests {
         assert!(!is_sane_request_id(b"a b"));
         assert!(!is_sane_request_id(b"a\tb"));
         assert!(!is_sane_request_id("é".as_bytes()));
+        assert!(!is_sane_request_id(b"a\"b"));
+        assert!(!is_sane_request_id(b"<script>"));
+        assert!(is_sane_request_id(b"0f9c:span/1+x=="));
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(is_sane_request_id(id.as_bytes()));

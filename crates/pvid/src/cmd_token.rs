@@ -37,6 +37,9 @@ pub struct MintArgs {
     /// Lifetime (e.g. 300s, 5m; at most 1h). Default: the preview's token_ttl.
     #[arg(long)]
     ttl: Option<String>,
+    /// Print this many tokens, one per line, each with its own jti (for load tests).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
 }
 
 /// Arguments of `pvid token verify`.
@@ -100,9 +103,11 @@ async fn mint(home: &Path, a: MintArgs) -> Result<i32, Failure> {
         .await?
         .ok_or_else(|| operational(anyhow!("no private key for {}/{} in the secret store", a.preview, a.from)))?;
     let audience = service_identity(&a.preview, &a.to);
-    let token = pvid_core::mint(&key, &MintRequest { from: &a.from, preview: &a.preview, audience: &audience, ttl_s, now: SystemClock.now() })
-        .map_err(operational)?;
-    outln!("{token}");
+    let req = MintRequest { from: &a.from, preview: &a.preview, audience: &audience, ttl_s, now: SystemClock.now() };
+    for _ in 0..a.count {
+        let token = pvid_core::mint(&key, &req).map_err(operational)?;
+        outln!("{token}");
+    }
     Ok(0)
 }
 
