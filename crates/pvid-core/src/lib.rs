@@ -13,6 +13,8 @@
 
 pub mod clock;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod jose;
 pub mod key;
