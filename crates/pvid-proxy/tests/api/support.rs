@@ -21,7 +21,7 @@ use pvid_core::{
     Algorithm, CallRule, Clock, MintRequest, PreviewId, PreviewState, Registry, ServiceEntry, ServiceName, SigningKey,
     mint, service_identity,
 };
-use pvid_proxy::{LogTarget, Proxy, ProxyConfig, ProxyError};
+use pvid_proxy::{Limits, LogTarget, Proxy, ProxyConfig, ProxyError};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -273,8 +273,13 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub async fn start(config: ProxyConfig) -> Sidecar {
+        Sidecar::start_with_limits(config, Limits::default()).await
+    }
+
+    /// A sidecar with other limits than the defaults.
+    pub async fn start_with_limits(config: ProxyConfig, limits: Limits) -> Sidecar {
         let LogTarget::File(log) = config.log.clone() else { panic!("tests log to a file") };
-        let proxy = Proxy::bind(config).await.unwrap();
+        let proxy = Proxy::bind_with_limits(config, limits).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let inbound = proxy.inbound_addr();
         let egress = proxy.egress_addr();
