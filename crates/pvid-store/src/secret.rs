@@ -162,6 +162,7 @@ impl LocalSecretStore {
         if bytes.len() != 32 {
             return Err(StoreError::MasterKeyInvalid { path: key_path });
         }
+        remove_stale_master_key_copies(home);
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| StoreError::MasterKeyInvalid {
             path: key_path.clone(),
         })?);
@@ -229,6 +230,7 @@ impl SecretStore for LocalSecretStore {
         f.write_all(&sealed).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
         fs::rename(&tmp, &file).map_err(|e| io("rename", e))?;
+        sync_dir(&file);
         Ok(())
     }
 
@@ -302,20 +304,51 @@ fn make_private_dirs(root: &Path, dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates the master key atomically: written and synced under a unique temporary name, then
+/// hard-linked into place. A crash at any instant leaves either no `master.key` (the next run
+/// creates one) or a complete one, never an empty or partial file that would lock every secret
+/// away; two processes racing cannot both win (the link fails when the name exists).
 fn create_master_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
     let key = Zeroizing::new(random_bytes(32));
     let io = |operation, source| StoreError::SecretIo { operation, path: path.to_owned(), source };
-    // create_new: two processes racing to create the key cannot both win.
-    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(mut f) => {
-            f.write_all(&key).map_err(|e| io("write master key", e))?;
-            f.sync_all().map_err(|e| io("sync master key", e))?;
+    let suffix: String = random_bytes(8).iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension(format!("key.tmp-{suffix}"));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
+            sync_dir(path);
             Ok(key)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(Zeroizing::new(fs::read(path).map_err(|e| io("read master key", e))?))
-        }
+        // Another process created it first (or removed our temporary copy because it had).
+        Err(_) if path.exists() => Ok(Zeroizing::new(fs::read(path).map_err(|e| io("read master key", e))?)),
         Err(e) => Err(io("create master key", e)),
+    }
+}
+
+/// Removes the temporary copies a creation killed mid-way left next to the master key (each is
+/// a key file: an unused key, or a second link to the real one). Called once the key exists.
+fn remove_stale_master_key_copies(home: &Path) {
+    let Ok(entries) = fs::read_dir(home) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("master.key.tmp-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Syncs the folder holding `path`, so a rename or link into it survives a power loss. Best
+/// effort: the file itself was already synced.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
 }
 

@@ -3,6 +3,7 @@
 mod cli {
     pub mod support;
 
+    mod crash;
     mod demo;
     mod lifecycle;
     mod spec_errors;
