@@ -89,16 +89,25 @@ impl StoredKey {
         Zeroizing::new(doc.as_bytes().to_vec())
     }
 
-    /// Parses stored bytes.
+    /// Parses stored bytes. The private key is read in place (borrowed from `bytes`, which the
+    /// store hands out zeroising) and decoded straight into a zeroising buffer, so no copy of it
+    /// is left behind in freed memory.
     pub fn from_bytes(path: &SecretPath, bytes: &[u8]) -> Result<StoredKey, StoreError> {
+        /// The stored document; `pkcs8` borrows from the input (base64 never needs unescaping).
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc<'a> {
+            kid: String,
+            alg: String,
+            #[serde(borrow)]
+            pkcs8: &'a str,
+        }
         let bad = || StoreError::BadSecret { path: path.to_string() };
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
-        let kid = v["kid"].as_str().ok_or_else(bad)?.to_owned();
-        let alg: Algorithm = v["alg"].as_str().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-        let pkcs8 = base64::engine::general_purpose::STANDARD
-            .decode(v["pkcs8"].as_str().ok_or_else(bad)?)
-            .map_err(|_| bad())?;
-        Ok(StoredKey { kid, alg, pkcs8: Zeroizing::new(pkcs8) })
+        let doc: Doc<'_> = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let alg: Algorithm = doc.alg.parse().map_err(|_| bad())?;
+        let mut pkcs8 = Zeroizing::new(Vec::with_capacity(doc.pkcs8.len() / 4 * 3 + 3));
+        base64::engine::general_purpose::STANDARD.decode_vec(doc.pkcs8, &mut pkcs8).map_err(|_| bad())?;
+        Ok(StoredKey { kid: doc.kid, alg, pkcs8 })
     }
 
     /// The signing key.
@@ -176,9 +185,12 @@ impl LocalSecretStore {
     fn seal(&self, path: &SecretPath, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let nonce_bytes = random_bytes(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(&nonce_bytes).map_err(|_| StoreError::Seal)?;
-        let mut buf = value.to_vec();
+        // Room for the tag up front: appending it must not move (and leave behind) the buffer,
+        // which holds the plaintext until it is encrypted in place.
+        let mut buf = Zeroizing::new(Vec::with_capacity(value.len() + AES_256_GCM.tag_len()));
+        buf.extend_from_slice(value);
         self.key
-            .seal_in_place_append_tag(nonce, Aad::from(path.to_string().as_bytes()), &mut buf)
+            .seal_in_place_append_tag(nonce, Aad::from(path.to_string().as_bytes()), &mut *buf)
             .map_err(|_| StoreError::Seal)?;
         let mut out = SEALED_MAGIC.to_vec();
         out.extend_from_slice(&nonce_bytes);
@@ -286,11 +298,20 @@ impl SecretStore for LocalSecretStore {
     }
 }
 
+/// Creates `dir` with mode 0700, or tightens an existing one to 0700 when group or others have
+/// any access: every folder on the way to a key file is pvid's own (`PVID_HOME`, `secrets/...`).
 fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |operation, source| StoreError::SecretIo { operation, path: dir.to_owned(), source };
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::SecretIo { operation: "create folder", path: dir.to_owned(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = fs::metadata(dir).map_err(|e| io("stat folder", e))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("restrict folder", e))?;
+            }
+            Ok(())
+        }
+        Err(source) => Err(io("create folder", source)),
     }
 }
 

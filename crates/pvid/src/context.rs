@@ -2,6 +2,7 @@
 
 use pvid_control::Control;
 use pvid_store::{LocalSecretStore, StateStore};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +13,12 @@ pub const ENV_FAILPOINT: &str = "PVID_FAILPOINT";
 
 /// Opens state and secrets under `home`, creating them on first use.
 pub async fn open(home: &Path) -> Result<Control, Failure> {
-    std::fs::create_dir_all(home).map_err(|e| operational(anyhow::anyhow!("cannot create {}: {e}", home.display())))?;
+    // 0700 from the start: the home holds the master key (the secret store tightens it too).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .map_err(|e| operational(anyhow::anyhow!("cannot create {}: {e}", home.display())))?;
     let secrets = LocalSecretStore::open(home)?;
     let state = StateStore::open(&home.join("state.db")).await?;
     let failpoint = std::env::var(ENV_FAILPOINT).ok().filter(|s| !s.is_empty());

@@ -6,6 +6,7 @@ mod cli {
     mod crash;
     mod demo;
     mod lifecycle;
+    mod secrets;
     mod spec_errors;
     mod token_verify;
 }
