@@ -152,7 +152,11 @@ pub struct Keys {
 impl Keys {
     pub fn generate() -> Keys {
         let g = |kid: &str| SigningKey::generate(Algorithm::ES256, kid.into()).unwrap();
-        Keys { api: g("api-1-a1b2"), worker: g("worker-1-c3d4"), payments: g("payments-1-e5f6") }
+        let keys = Keys { api: g("api-1-a1b2"), worker: g("worker-1-c3d4"), payments: g("payments-1-e5f6") };
+        for k in [&keys.api, &keys.worker, &keys.payments] {
+            capture("needles/keys", &format!("{}.der", k.kid()), k.pkcs8());
+        }
+        keys
     }
 }
 
@@ -199,7 +203,23 @@ pub fn registry(keys: &Keys) -> Registry {
 pub fn token_at(key: &SigningKey, from: &str, preview_id: &str, audience: &str, now: f64) -> String {
     let from = svc(from);
     let p: PreviewId = preview_id.parse().unwrap();
-    mint(key, &MintRequest { from: &from, preview: &p, audience, ttl_s: 300, now }).unwrap()
+    let t = mint(key, &MintRequest { from: &from, preview: &p, audience, ttl_s: 300, now }).unwrap();
+    capture("needles/tokens", "token.txt", t.as_bytes());
+    t
+}
+
+// === Capture for the post-test secret scan ===
+
+/// With `PVID_TEST_CAPTURE_DIR` set (by `scripts/test`), keeps a file for the secret scan
+/// (`scripts/check.d/20-no-secrets-in-output.sh`): needles (keys and tokens the tests made)
+/// under `needles/`, outputs (sidecar logs) under `out/`. Names get a unique prefix.
+pub fn capture(sub: &str, name: &str, bytes: &[u8]) {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("PVID_TEST_CAPTURE_DIR").map(PathBuf::from) else { return };
+    let dir = dir.join(sub);
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    std::fs::write(dir.join(format!("proxy-{}-{n}-{name}", std::process::id())), bytes).unwrap();
 }
 
 /// A token of `from` for service `to` of pr-7, minted at [`NOW`].
@@ -336,6 +356,9 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Ok(log) = std::fs::read(&self.log) {
+            capture("out", "sidecar.log", &log);
         }
     }
 }
