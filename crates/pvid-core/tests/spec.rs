@@ -85,3 +85,15 @@ fn bad_call_rule_and_address_are_errors() {
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.field.starts_with("services.api"), "{e}");
 }
+
+#[test]
+fn crlf_line_endings_parse_and_a_bare_carriage_return_is_refused_at_its_line() {
+    let crlf = "preview: pr-1\r\nservices:\r\n  api: {}\r\n";
+    assert_eq!(PreviewSpec::parse("spec.yaml", crlf).unwrap().services.len(), 1);
+    // Found by fuzzing: YAML counted the bare CRs as lines and reported line 6 of a 2-line file.
+    let e = err("services:\n  api: {}\r\r\r  web: {}\n");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("carriage return"), "{e}");
+    let bad_line_numbers = err("services:\n  api:\r    adress: x\n");
+    assert_eq!(bad_line_numbers.line, Some(2), "{bad_line_numbers}");
+}
