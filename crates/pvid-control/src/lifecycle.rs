@@ -210,9 +210,15 @@ impl Control {
     pub async fn teardown(&self, id: &PreviewId) -> Result<TeardownOutcome, LifecycleError> {
         let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
         if rec.state == PreviewState::TornDown && self.secrets_of(id).await?.is_empty() {
+            // Republish: a run killed between the last state change and its publication left
+            // a registry file that still says `tearing_down`.
+            self.publish(id).await?;
             return Ok(TeardownOutcome::AlreadyTornDown);
         }
-        if rec.state != PreviewState::TearingDown {
+        if rec.state == PreviewState::TearingDown {
+            // A resumed teardown: the killed run may have died before publishing the state.
+            self.publish(id).await?;
+        } else {
             let version = self.state.set_state(id, PreviewState::TearingDown).await?;
             self.publish(id).await?;
             self.state.append_evidence(id, "preview.tearing_down", json!({"version": version, "actor": self.actor})).await?;

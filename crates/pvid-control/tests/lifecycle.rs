@@ -3,7 +3,7 @@
 
 use pvid_control::{Control, OrphanKind, ProvisionOutcome, TeardownOutcome};
 use pvid_core::{PreviewConfig, PreviewId, PreviewSpec, PreviewState, Registry, ReasonCode, Verifier};
-use pvid_store::{LocalSecretStore, SecretPath, SecretStore, StateStore, StoredKey};
+use pvid_store::{LocalSecretStore, SecretPath, StateStore, StoredKey};
 use std::sync::Arc;
 
 const SPEC: &str = include_str!("../../../examples/preview.yaml");

@@ -14,6 +14,8 @@
 pub mod clock;
 pub mod duration;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod jose;
 pub mod key;

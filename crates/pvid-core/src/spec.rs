@@ -66,6 +66,16 @@ impl PreviewSpec {
     /// Parses a spec. `file` is only used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<PreviewSpec, SpecError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // YAML counts a bare CR as a line break, editors and `lines()` do not: line numbers
+        // would point past the end of the file (found by fuzzing). LF and CRLF only.
+        if let Some(i) = text.bytes().enumerate().position(|(i, c)| c == b'\r' && text.as_bytes().get(i + 1) != Some(&b'\n')) {
+            return Err(SpecError {
+                file: file.to_owned(),
+                line: Some(text[..i].matches('\n').count() + 1),
+                field: "(document)".to_owned(),
+                message: "carriage return without line feed: use LF or CRLF line endings".to_owned(),
+            });
+        }
         let raw: RawSpec = yaml_serde::from_str(text).map_err(|e| SpecError::from_yaml(file, text, &e))?;
         let err = |line: Option<usize>, field: String, message: String| SpecError {
             file: file.to_owned(),

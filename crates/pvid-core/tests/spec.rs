@@ -105,3 +105,15 @@ fn duplicate_call_rules_are_merged() {
     let spec = PreviewSpec::parse("s.yaml", "services:\n  api: { calls: [b, b, \"b: GET /x\", \"b: GET /x\"] }\n  b: {}\n").unwrap();
     assert_eq!(spec.policy_rules().len(), 2);
 }
+
+#[test]
+fn crlf_line_endings_parse_and_a_bare_carriage_return_is_refused_at_its_line() {
+    let crlf = "preview: pr-1\r\nservices:\r\n  api: {}\r\n";
+    assert_eq!(PreviewSpec::parse("spec.yaml", crlf).unwrap().services.len(), 1);
+    // Found by fuzzing: YAML counted the bare CRs as lines and reported line 6 of a 2-line file.
+    let e = err("services:\n  api: {}\r\r\r  web: {}\n");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("carriage return"), "{e}");
+    let bad_line_numbers = err("services:\n  api:\r    adress: x\n");
+    assert_eq!(bad_line_numbers.line, Some(2), "{bad_line_numbers}");
+}

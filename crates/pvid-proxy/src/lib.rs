@@ -23,6 +23,7 @@ mod cache;
 mod egress;
 mod headers;
 mod inbound;
+mod limits;
 mod log;
 mod metrics;
 mod registry_watch;
@@ -40,6 +41,7 @@ use pvid_core::{Clock, PreviewId, ServiceName, SigningKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::limits::Limits;
 use crate::server::Role;
 use crate::shared::Shared;
 
@@ -148,6 +150,7 @@ pub struct Proxy {
     inbound_addr: SocketAddr,
     egress: Option<(TcpListener, SocketAddr)>,
     admin: Option<(TcpListener, SocketAddr)>,
+    limits: Limits,
 }
 
 impl fmt::Debug for Proxy {
@@ -165,6 +168,12 @@ impl Proxy {
     /// Opens the log, loads the registry (an error if it is missing, invalid, of another preview
     /// or lacks this service) and binds the listeners. Nothing is served until [`Proxy::serve`].
     pub async fn bind(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        Proxy::bind_with_limits(config, Limits::default()).await
+    }
+
+    /// [`Proxy::bind`] with other [`Limits`] (connection count, header size and count, header and
+    /// idle timeouts) than the defaults; both listeners get the same limits.
+    pub async fn bind_with_limits(config: ProxyConfig, limits: Limits) -> Result<Proxy, ProxyError> {
         let inbound = bind(config.listen).await?;
         let inbound_addr = local_addr(&inbound, config.listen)?;
         let egress = match config.egress {
@@ -176,7 +185,7 @@ impl Proxy {
             None => None,
         };
         let shared = Shared::start(config).await?;
-        Ok(Proxy { shared: Arc::new(shared), inbound, inbound_addr, egress, admin: None })
+        Ok(Proxy { shared: Arc::new(shared), inbound, inbound_addr, egress, admin: None, limits })
     }
 
     /// Adds the admin listener (`GET /healthz`, `GET /metrics`) on `addr`; returns the bound
@@ -207,9 +216,12 @@ impl Proxy {
             let _ = stop_tx.send(true);
         });
         let watcher = tokio::spawn(registry_watch::watch(self.shared.clone(), stop_rx.clone()));
-        let inbound = tokio::spawn(server::run(self.inbound, self.shared.clone(), Role::Inbound, stop_rx.clone()));
-        let egress =
-            self.egress.map(|(l, _)| tokio::spawn(server::run(l, self.shared.clone(), Role::Egress, stop_rx.clone())));
+        let limits = self.limits;
+        let inbound =
+            tokio::spawn(server::run(self.inbound, self.shared.clone(), Role::Inbound, limits.clone(), stop_rx.clone()));
+        let egress = self
+            .egress
+            .map(|(l, _)| tokio::spawn(server::run(l, self.shared.clone(), Role::Egress, limits, stop_rx.clone())));
         let admin = self.admin.map(|(l, _)| tokio::spawn(admin::run(l, self.shared.clone(), stop_rx.clone())));
         let inbound_result = inbound.await;
         let egress_result = match egress {

@@ -102,6 +102,28 @@ pub(crate) struct RegistryEvent<'a> {
     pub error: Option<String>,
 }
 
+/// `event: "conn.limit"`: a connection or request refused or closed by a limit before (or
+/// instead of) an auth decision: `header_too_large` 431, `bad_request` 400, `header_timeout` 408,
+/// `too_many_connections` 503, `idle_timeout` (closed, no status).
+#[derive(Debug, Serialize)]
+pub(crate) struct LimitEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    /// `inbound` or `egress`.
+    pub listener: &'static str,
+    pub result: &'static str,
+    pub reason: &'static str,
+    /// The status answered, if any was.
+    pub status: Option<u16>,
+    /// The client's address.
+    pub peer: String,
+    /// How many refusals this line stands for (refusals are logged at most once a second).
+    pub count: u64,
+    pub detail: String,
+}
+
 /// The one place an event becomes a line.
 fn encode_line<E: Serialize>(event: &E) -> Option<String> {
     let mut line = serde_json::to_string(event).ok()?;

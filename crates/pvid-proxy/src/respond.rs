@@ -64,6 +64,21 @@ pub(crate) fn error(status: StatusCode, reason: &str, request_id: &str) -> Respo
     json(status, &Body { result: Outcome::Error, reason, request_id })
 }
 
+/// A complete `Connection: close` response as bytes, for answers written to a socket hyper no
+/// longer drives (a connection refused at accept, a request whose headers never came).
+pub(crate) fn raw_error(status: StatusCode, reason: &str) -> Vec<u8> {
+    let body = serde_json::to_vec(&Body { result: Outcome::Error, reason, request_id: "" }).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +98,14 @@ mod tests {
 
         let resp = deny(ReasonCode::MissingToken, "rid-3");
         assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn raw_errors_are_complete_closing_responses() {
+        let raw = String::from_utf8(raw_error(StatusCode::REQUEST_TIMEOUT, "header_timeout")).unwrap();
+        let body = r#"{"result":"error","reason":"header_timeout","request_id":""}"#;
+        assert!(raw.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{raw}");
+        assert!(raw.contains("connection: close\r\n"));
+        assert!(raw.ends_with(&format!("content-length: {}\r\n\r\n{body}", body.len())), "{raw}");
     }
 }

@@ -89,16 +89,25 @@ impl StoredKey {
         Zeroizing::new(doc.as_bytes().to_vec())
     }
 
-    /// Parses stored bytes.
+    /// Parses stored bytes. The private key is read in place (borrowed from `bytes`, which the
+    /// store hands out zeroising) and decoded straight into a zeroising buffer, so no copy of it
+    /// is left behind in freed memory.
     pub fn from_bytes(path: &SecretPath, bytes: &[u8]) -> Result<StoredKey, StoreError> {
+        /// The stored document; `pkcs8` borrows from the input (base64 never needs unescaping).
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc<'a> {
+            kid: String,
+            alg: String,
+            #[serde(borrow)]
+            pkcs8: &'a str,
+        }
         let bad = || StoreError::BadSecret { path: path.to_string() };
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
-        let kid = v["kid"].as_str().ok_or_else(bad)?.to_owned();
-        let alg: Algorithm = v["alg"].as_str().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-        let pkcs8 = base64::engine::general_purpose::STANDARD
-            .decode(v["pkcs8"].as_str().ok_or_else(bad)?)
-            .map_err(|_| bad())?;
-        Ok(StoredKey { kid, alg, pkcs8: Zeroizing::new(pkcs8) })
+        let doc: Doc<'_> = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let alg: Algorithm = doc.alg.parse().map_err(|_| bad())?;
+        let mut pkcs8 = Zeroizing::new(Vec::with_capacity(doc.pkcs8.len() / 4 * 3 + 3));
+        base64::engine::general_purpose::STANDARD.decode_vec(doc.pkcs8, &mut pkcs8).map_err(|_| bad())?;
+        Ok(StoredKey { kid: doc.kid, alg, pkcs8 })
     }
 
     /// The signing key.
@@ -167,6 +176,7 @@ impl LocalSecretStore {
         if bytes.len() != 32 {
             return Err(StoreError::MasterKeyInvalid { path: key_path });
         }
+        remove_stale_master_key_copies(home);
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| StoreError::MasterKeyInvalid {
             path: key_path.clone(),
         })?);
@@ -180,9 +190,12 @@ impl LocalSecretStore {
     fn seal(&self, path: &SecretPath, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let nonce_bytes = random_bytes(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(&nonce_bytes).map_err(|_| StoreError::Seal)?;
-        let mut buf = value.to_vec();
+        // Room for the tag up front: appending it must not move (and leave behind) the buffer,
+        // which holds the plaintext until it is encrypted in place.
+        let mut buf = Zeroizing::new(Vec::with_capacity(value.len() + AES_256_GCM.tag_len()));
+        buf.extend_from_slice(value);
         self.key
-            .seal_in_place_append_tag(nonce, Aad::from(path.to_string().as_bytes()), &mut buf)
+            .seal_in_place_append_tag(nonce, Aad::from(path.to_string().as_bytes()), &mut *buf)
             .map_err(|_| StoreError::Seal)?;
         let mut out = SEALED_MAGIC.to_vec();
         out.extend_from_slice(&nonce_bytes);
@@ -234,6 +247,7 @@ impl SecretStore for LocalSecretStore {
         f.write_all(&sealed).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
         fs::rename(&tmp, &file).map_err(|e| io("rename", e))?;
+        sync_dir(&file);
         Ok(())
     }
 
@@ -298,11 +312,20 @@ fn holds_sealed_files(dir: &Path) -> bool {
     })
 }
 
+/// Creates `dir` with mode 0700, or tightens an existing one to 0700 when group or others have
+/// any access: every folder on the way to a key file is pvid's own (`PVID_HOME`, `secrets/...`).
 fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |operation, source| StoreError::SecretIo { operation, path: dir.to_owned(), source };
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::SecretIo { operation: "create folder", path: dir.to_owned(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = fs::metadata(dir).map_err(|e| io("stat folder", e))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("restrict folder", e))?;
+            }
+            Ok(())
+        }
+        Err(source) => Err(io("create folder", source)),
     }
 }
 
@@ -316,20 +339,51 @@ fn make_private_dirs(root: &Path, dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates the master key atomically: written and synced under a unique temporary name, then
+/// hard-linked into place. A crash at any instant leaves either no `master.key` (the next run
+/// creates one) or a complete one, never an empty or partial file that would lock every secret
+/// away; two processes racing cannot both win (the link fails when the name exists).
 fn create_master_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
     let key = Zeroizing::new(random_bytes(32));
     let io = |operation, source| StoreError::SecretIo { operation, path: path.to_owned(), source };
-    // create_new: two processes racing to create the key cannot both win.
-    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(mut f) => {
-            f.write_all(&key).map_err(|e| io("write master key", e))?;
-            f.sync_all().map_err(|e| io("sync master key", e))?;
+    let suffix: String = random_bytes(8).iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension(format!("key.tmp-{suffix}"));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {
+            sync_dir(path);
             Ok(key)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(Zeroizing::new(fs::read(path).map_err(|e| io("read master key", e))?))
-        }
+        // Another process created it first (or removed our temporary copy because it had).
+        Err(_) if path.exists() => Ok(Zeroizing::new(fs::read(path).map_err(|e| io("read master key", e))?)),
         Err(e) => Err(io("create master key", e)),
+    }
+}
+
+/// Removes the temporary copies a creation killed mid-way left next to the master key (each is
+/// a key file: an unused key, or a second link to the real one). Called once the key exists.
+fn remove_stale_master_key_copies(home: &Path) {
+    let Ok(entries) = fs::read_dir(home) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("master.key.tmp-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Syncs the folder holding `path`, so a rename or link into it survives a power loss. Best
+/// effort: the file itself was already synced.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
 }
 

@@ -2,6 +2,7 @@
 
 use pvid_control::Control;
 use pvid_store::{LocalSecretStore, StateStore};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,7 +33,12 @@ pub async fn open_or_create(home: &Path) -> Result<Control, Failure> {
     if home.exists() && !home.is_dir() {
         return Err(invalid(anyhow::anyhow!("PVID_HOME {} is a file, not a folder", home.display())));
     }
-    std::fs::create_dir_all(home).map_err(|e| operational(anyhow::anyhow!("cannot create {}: {e}", home.display())))?;
+    // 0700 from the start: the home holds the master key (the secret store tightens it too).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .map_err(|e| operational(anyhow::anyhow!("cannot create {}: {e}", home.display())))?;
     let secrets = LocalSecretStore::open(home)?;
     let state = StateStore::open(&home.join("state.db")).await?;
     let failpoint = std::env::var(ENV_FAILPOINT).ok().filter(|s| !s.is_empty());

@@ -3,10 +3,12 @@
 mod cli {
     pub mod support;
 
+    mod crash;
     mod demo;
     mod doctor;
     mod explain;
     mod lifecycle;
+    mod secrets;
     mod spec_errors;
     mod token_verify;
 }

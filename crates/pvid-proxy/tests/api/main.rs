@@ -4,5 +4,6 @@
 mod cases;
 mod egress;
 mod inbound;
+mod limits;
 mod registry;
 mod support;

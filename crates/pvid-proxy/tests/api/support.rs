@@ -21,7 +21,7 @@ use pvid_core::{
     Algorithm, CallRule, Clock, MintRequest, PreviewId, PreviewState, Registry, ServiceEntry, ServiceName, SigningKey,
     mint, service_identity,
 };
-use pvid_proxy::{LogTarget, Proxy, ProxyConfig, ProxyError};
+use pvid_proxy::{Limits, LogTarget, Proxy, ProxyConfig, ProxyError};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -152,7 +152,11 @@ pub struct Keys {
 impl Keys {
     pub fn generate() -> Keys {
         let g = |kid: &str| SigningKey::generate(Algorithm::ES256, kid.into()).unwrap();
-        Keys { api: g("api-1-a1b2"), worker: g("worker-1-c3d4"), payments: g("payments-1-e5f6") }
+        let keys = Keys { api: g("api-1-a1b2"), worker: g("worker-1-c3d4"), payments: g("payments-1-e5f6") };
+        for k in [&keys.api, &keys.worker, &keys.payments] {
+            capture("needles/keys", &format!("{}.der", k.kid()), k.pkcs8());
+        }
+        keys
     }
 }
 
@@ -199,7 +203,23 @@ pub fn registry(keys: &Keys) -> Registry {
 pub fn token_at(key: &SigningKey, from: &str, preview_id: &str, audience: &str, now: f64) -> String {
     let from = svc(from);
     let p: PreviewId = preview_id.parse().unwrap();
-    mint(key, &MintRequest { from: &from, preview: &p, audience, ttl_s: 300, now }).unwrap()
+    let t = mint(key, &MintRequest { from: &from, preview: &p, audience, ttl_s: 300, now }).unwrap();
+    capture("needles/tokens", "token.txt", t.as_bytes());
+    t
+}
+
+// === Capture for the post-test secret scan ===
+
+/// With `PVID_TEST_CAPTURE_DIR` set (by `scripts/test`), keeps a file for the secret scan
+/// (`scripts/check.d/20-no-secrets-in-output.sh`): needles (keys and tokens the tests made)
+/// under `needles/`, outputs (sidecar logs) under `out/`. Names get a unique prefix.
+pub fn capture(sub: &str, name: &str, bytes: &[u8]) {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("PVID_TEST_CAPTURE_DIR").map(PathBuf::from) else { return };
+    let dir = dir.join(sub);
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    std::fs::write(dir.join(format!("proxy-{}-{n}-{name}", std::process::id())), bytes).unwrap();
 }
 
 /// A token of `from` for service `to` of pr-7, minted at [`NOW`].
@@ -273,8 +293,13 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub async fn start(config: ProxyConfig) -> Sidecar {
+        Sidecar::start_with_limits(config, Limits::default()).await
+    }
+
+    /// A sidecar with other limits than the defaults.
+    pub async fn start_with_limits(config: ProxyConfig, limits: Limits) -> Sidecar {
         let LogTarget::File(log) = config.log.clone() else { panic!("tests log to a file") };
-        let proxy = Proxy::bind(config).await.unwrap();
+        let proxy = Proxy::bind_with_limits(config, limits).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let inbound = proxy.inbound_addr();
         let egress = proxy.egress_addr();
@@ -331,6 +356,9 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Ok(log) = std::fs::read(&self.log) {
+            capture("out", "sidecar.log", &log);
         }
     }
 }

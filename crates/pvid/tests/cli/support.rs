@@ -27,7 +27,48 @@ pub fn pvid_with(home: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option
     if let Some(input) = stdin {
         child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     }
-    child.wait_with_output().expect("wait pvid")
+    let out = child.wait_with_output().expect("wait pvid");
+    capture(home, args, &out);
+    out
+}
+
+/// With `PVID_TEST_CAPTURE_DIR` set (by `scripts/test`), keeps what a command printed for the
+/// post-test secret scan (`scripts/check.d/20-no-secrets-in-output.sh`): its output under `out/`,
+/// and as needles the tokens it was meant to print (`token mint`) and, after a successful `up`,
+/// the private keys it made. The scan fails the suite if any needle shows up in any output.
+fn capture(home: &Path, args: &[&str], out: &Output) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("PVID_TEST_CAPTURE_DIR").map(PathBuf::from) else { return };
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let id = format!("cli-{}-{n}", std::process::id());
+    let write = |sub: &str, name: String, bytes: &[u8]| {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).expect("capture folder");
+        std::fs::write(d.join(name), bytes).expect("capture file");
+    };
+    if args.starts_with(&["token", "mint"]) {
+        write("needles/tokens", format!("{id}.txt"), &out.stdout);
+    } else {
+        write("out", format!("{id}.stdout"), &out.stdout);
+    }
+    write("out", format!("{id}.stderr"), &out.stderr);
+    if args.first() == Some(&"up") && out.status.success() {
+        use pvid_store::SecretStore as _;
+        // A thread of its own: callers may be async tests, where a nested runtime would panic.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let store = pvid_store::LocalSecretStore::open(home).expect("open the secret store");
+                let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                for path in rt.block_on(store.list()).expect("list secrets") {
+                    if let Some(bytes) = rt.block_on(store.get(&path)).expect("read secret") {
+                        let key = pvid_store::StoredKey::from_bytes(&path, &bytes).expect("stored key");
+                        write("needles/keys", format!("{id}-{}.der", path.service), &key.pkcs8);
+                    }
+                }
+            });
+        });
+    }
 }
 
 /// Standard output as text.
