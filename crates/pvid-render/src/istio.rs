@@ -34,7 +34,7 @@ pub(crate) fn render(plan: &Plan<'_>) -> Result<Rendered, RenderError> {
         Some(docs) if docs.is_empty() => {}
         Some(docs) => out.files.push(file("requestauthentications.yaml", yaml_stream(&docs))),
         None => out.warnings.push(plan.not_provisioned(
-            "the RequestAuthentications (inline JWKS); until they are applied the ALLOW policies admit no one, as they require a verified token, and they",
+            "the RequestAuthentications (inline JWKS); until they are applied the ALLOW policies admit no one, as they require a verified token",
         )),
     }
     out.files.push(file(

@@ -163,7 +163,7 @@ impl<'a> Plan<'a> {
     /// The warning given when documents that need the registry are left out.
     pub(crate) fn not_provisioned(&self, what: &str) -> String {
         format!(
-            "preview {} is not provisioned: {what} need its public keys and were left out; run `pvid up` and render again",
+            "preview {} is not provisioned, so what needs its public keys was left out: {what}; run `pvid up` and render again",
             self.preview
         )
     }

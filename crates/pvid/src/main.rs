@@ -4,6 +4,7 @@
 
 mod cmd_lifecycle;
 mod cmd_proxy;
+mod cmd_render;
 mod cmd_token;
 mod context;
 mod demo;
@@ -62,6 +63,11 @@ enum Command {
     Token(cmd_token::TokenCommand),
     /// Run the sidecar in front of one service (inbound validation, egress minting).
     Proxy(cmd_proxy::ProxyArgs),
+    /// Render what a substrate needs for a preview: k8s, istio, linkerd, compose or serverless.
+    ///
+    /// Preview-scoped identities, default deny, and exactly the calls the spec allows. Output is
+    /// deterministic (sorted keys, stable names); key material only with --include-secrets.
+    Render(cmd_render::RenderArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
     Demo(demo::DemoArgs),
 }
@@ -98,6 +104,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Audit(a) => cmd_lifecycle::audit(&home, a).await,
         Command::Token(a) => cmd_token::run(&home, a).await,
         Command::Proxy(a) => cmd_proxy::run(&home, a).await,
+        Command::Render(a) => cmd_render::run(&home, a).await,
         Command::Demo(a) => demo::run(a).await,
     }
 }
