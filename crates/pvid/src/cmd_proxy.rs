@@ -91,7 +91,10 @@ fn read_key_file(file: &Path, preview: &PreviewId, service: &ServiceName) -> Res
     let path = pvid_store::SecretPath::private_key(preview, service);
     let stored = pvid_store::StoredKey::from_bytes(&path, &bytes)
         .map_err(|_| invalid(anyhow!("{} is not a pvid key document for {preview}/{service}", file.display())))?;
-    if !stored.kid.starts_with(&format!("{service}-")) {
+    // Kids are `<service>-<n>-<suffix>`: the digits after the name keep `api` from taking a key
+    // of `api-v2`. (Egress also signs only with a key the registry lists for this service.)
+    let own = stored.kid.strip_prefix(&format!("{service}-")).and_then(|rest| rest.split('-').next());
+    if !own.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
         return Err(invalid(anyhow!("{}: key {} is not a key of service {service}", file.display(), stored.kid)));
     }
     stored.to_signing_key(&path).map_err(|e| invalid(anyhow!("{}: {e}", file.display())))
