@@ -23,6 +23,10 @@ pub struct UpArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the Docker Compose override, registry and key files (0600) into this folder
+    /// (`pvid render compose --include-secrets --out DIR`).
+    #[arg(long, value_name = "DIR")]
+    compose: Option<PathBuf>,
 }
 
 /// Arguments of `pvid down`.
@@ -114,6 +118,11 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
     let outcome = control.provision(&id, &spec.config()).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let reg = control.registry(&id).await?;
+    control.state().close().await;
+    if let Some(dir) = &a.compose {
+        let options = pvid_render::RenderOptions::default();
+        crate::cmd_render::render_to(home, pvid_render::Target::Compose, &spec, &id, dir, true, options).await?;
+    }
     let what = match outcome {
         ProvisionOutcome::AlreadyActive => "already_active",
         ProvisionOutcome::Created => "created",

@@ -46,6 +46,10 @@ pub struct ProxyArgs {
     /// Turn the verified-token cache off (every request pays a signature check).
     #[arg(long)]
     no_cache: bool,
+    /// Read the private key from this file (the document `pvid render` puts in a Kubernetes
+    /// Secret or a Compose secret file) instead of the secret store under PVID_HOME.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
@@ -54,7 +58,9 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         .clone()
         .unwrap_or_else(|| pvid_control::registry_dir(home, a.preview.as_str()).join("registry.json"));
     // Egress needs this service's private key; inbound validation needs only public keys.
-    let signing_key = if a.egress.is_some() {
+    let signing_key = if let (Some(_), Some(file)) = (a.egress, &a.key_file) {
+        Some(read_key_file(file, &a.preview, &a.service)?)
+    } else if a.egress.is_some() {
         let control = context::open(home).await?;
         let key = control.signing_key(&a.preview, &a.service).await?;
         control.state().close().await;
@@ -103,6 +109,23 @@ impl Clock for OffsetClock {
     fn now(&self) -> f64 {
         SystemClock.now() + self.0
     }
+}
+
+/// Loads a key document written by `pvid render` (the secret store's format).
+fn read_key_file(file: &Path, preview: &PreviewId, service: &ServiceName) -> Result<pvid_core::SigningKey, Failure> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(file).map_err(|e| operational(anyhow!("cannot read key file {}: {e}", file.display())))?,
+    );
+    let path = pvid_store::SecretPath::private_key(preview, service);
+    let stored = pvid_store::StoredKey::from_bytes(&path, &bytes)
+        .map_err(|_| invalid(anyhow!("{} is not a pvid key document for {preview}/{service}", file.display())))?;
+    // Kids are `<service>-<n>-<suffix>`: the digits after the name keep `api` from taking a key
+    // of `api-v2`. (Egress also signs only with a key the registry lists for this service.)
+    let own = stored.kid.strip_prefix(&format!("{service}-")).and_then(|rest| rest.split('-').next());
+    if !own.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(invalid(anyhow!("{}: key {} is not a key of service {service}", file.display(), stored.kid)));
+    }
+    stored.to_signing_key(&path).map_err(|e| invalid(anyhow!("{}: {e}", file.display())))
 }
 
 async fn shutdown_signal() {

@@ -18,6 +18,7 @@ mod cmd_doctor;
 mod cmd_explain;
 mod cmd_lifecycle;
 mod cmd_proxy;
+mod cmd_render;
 mod cmd_token;
 mod context;
 mod demo;
@@ -82,6 +83,11 @@ enum Command {
     Doctor(cmd_doctor::DoctorArgs),
     /// Show every decision one request caused, across services, in order.
     Logs(cmd_explain::LogsArgs),
+    /// Render what a substrate needs for a preview: k8s, istio, linkerd, compose or serverless.
+    ///
+    /// Preview-scoped identities, default deny, and exactly the calls the spec allows. Output is
+    /// deterministic (sorted keys, stable names); key material only with --include-secrets.
+    Render(cmd_render::RenderArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
     Demo(demo::DemoArgs),
 }
@@ -125,6 +131,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Explain(a) => cmd_explain::explain_cmd(&home, a).await,
         Command::Doctor(a) => cmd_doctor::run(&home, a).await,
         Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
+        Command::Render(a) => cmd_render::run(&home, a).await,
         Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -9,6 +9,7 @@ mod cli {
     mod explain;
     mod lifecycle;
     mod secrets;
+    mod render;
     mod spec_errors;
     mod token_verify;
 }
