@@ -10,10 +10,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pvid_core::{Clock, PreviewId, ServiceName, SigningKey, service_identity};
+use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
 use crate::cache::TokenCache;
-use crate::egress::MintCache;
+use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
 use crate::registry_watch::{RegistryHandle, Snapshot};
 use crate::{ProxyConfig, ProxyError};
@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     pub registry: RegistryHandle,
     pub cache: Option<TokenCache>,
     pub client: HttpClient,
-    pub signing_key: Option<SigningKey>,
+    pub signing_key: Option<Arc<dyn Signer>>,
     pub minted: MintCache,
 }
 
