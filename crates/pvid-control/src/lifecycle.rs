@@ -394,9 +394,11 @@ impl Control {
         paths.sort();
         paths.dedup();
         for path in &paths {
+            // A path that does not exist is not deleted (under transit custody no KV path
+            // exists); one that cannot be read is deleted anyway.
             let existed = self.secrets.get(path).await.map(|v| v.is_some()).unwrap_or(true);
-            self.secrets.delete(path).await?;
             if existed {
+                self.secrets.delete(path).await?;
                 self.state.append_evidence(id, "secret.deleted", json!({"path": path.to_string(), "store": self.secrets.kind()})).await?;
             }
         }
