@@ -166,8 +166,14 @@ impl TransitKeys for OpenBaoSecretStore {
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let mut keys: Vec<String> =
-            self.client.transit_list().await?.into_iter().filter(|k| TransitKeyName::is_pvid_name(k)).collect();
+        let listed = match self.client.transit_list().await {
+            Ok(keys) => keys,
+            // No Transit mount at all: a KV-only deployment has no Transit keys to list (making
+            // or using a key still fails on the missing mount).
+            Err(e) if matches!(e.kind, pvid_bao::BaoErrorKind::NoMount { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut keys: Vec<String> = listed.into_iter().filter(|k| TransitKeyName::is_pvid_name(k)).collect();
         keys.sort();
         Ok(keys)
     }

@@ -81,3 +81,17 @@ async fn a_token_without_delete_rights_cannot_destroy_and_the_secret_stays() {
     assert!(msg.contains("destroy secret preview/pr-8/api/private-key (all versions and metadata) failed: permission denied"), "{msg}");
     assert!(s.get(&p).await.unwrap().is_some());
 }
+
+#[tokio::test]
+#[ignore = "needs openbao: BAO_ADDR"]
+async fn a_kv_only_deployment_lists_no_transit_keys_but_cannot_make_one() {
+    let sb = Sandbox::new();
+    let mut config = sb.config(&sb.admin.root);
+    config.transit_mount = "no-transit-here".into();
+    let s = OpenBaoSecretStore::new(Client::new(config).unwrap());
+    let t = s.transit().unwrap();
+    assert!(t.list().await.unwrap().is_empty());
+    let name = TransitKeyName::new(&"pr-1".parse().unwrap(), &"api".parse().unwrap());
+    let err = t.create(&name, Algorithm::ES256).await.unwrap_err();
+    assert!(err.to_string().contains("read transit key preview-pr-1-api failed: no such mount `no-transit-here`"), "{err}");
+}
