@@ -1,8 +1,9 @@
-//! The orphan audit: every secret or unrevoked key whose preview is not active, and every secret
-//! that is not the private half of its service's active key. `sweep` removes them.
+//! The orphan audit: every secret, Transit key or unrevoked key whose preview is not active,
+//! every secret that is not the private half of its service's active key, and every Transit key
+//! that is not the signing half of its service's active key. `sweep` removes them.
 
-use pvid_core::PreviewState;
-use pvid_store::{KeyState, SecretPath, StoredKey};
+use pvid_core::{KeyCustody, PreviewId, PreviewState};
+use pvid_store::{KeyState, SecretPath, StoredKey, TransitKeyName};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,6 +19,8 @@ pub enum OrphanKind {
     Key,
     /// A private key in the secret store.
     Secret,
+    /// A Transit key (`preview-<id>-<svc>`) in the secret store.
+    TransitKey,
 }
 
 /// One orphaned credential.
@@ -33,6 +36,9 @@ pub struct Orphan {
     pub kid: Option<String>,
     /// The secret path, for secrets.
     pub path: Option<String>,
+    /// The Transit key name, for Transit keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transit_key: Option<String>,
     /// Why it is an orphan.
     pub why: String,
 }
@@ -70,8 +76,47 @@ impl Control {
                     service: path.service.to_string(),
                     kid: None,
                     path: Some(path.to_string()),
+                    transit_key: None,
                     why,
                 });
+            }
+        }
+        if let Some(transit) = self.secrets.transit() {
+            let records = self.state.previews().await?;
+            let known: Vec<&PreviewId> = records.iter().map(|p| &p.id).collect();
+            for name in transit.list().await? {
+                let parsed = TransitKeyName::parse(&name, &known);
+                let rec = parsed.as_ref().and_then(|n| records.iter().find(|r| r.id == n.preview));
+                let why = match (&parsed, rec) {
+                    (None, _) => Some("named preview-* but not preview-<id>-<svc>".to_owned()),
+                    (Some(_), None) => Some("preview unknown to the state store".to_owned()),
+                    (Some(_), Some(r)) if r.state != PreviewState::Active => Some(format!("preview is {}", r.state)),
+                    (Some(_), Some(r)) if r.config.key_custody != KeyCustody::Transit => {
+                        Some("preview uses sidecar custody".to_owned())
+                    }
+                    (Some(n), Some(_)) => {
+                        let active = keys.iter().find(|k| {
+                            k.preview_id == n.preview && k.service == n.service && k.state == KeyState::Active
+                        });
+                        let versions = transit.public_keys(n).await?.unwrap_or_default();
+                        match active {
+                            Some(a) if versions.iter().any(|v| crate::same_public_key(&v.jwk, &a.jwk)) => None,
+                            Some(a) => Some(format!("no version is the public key of active key {}", a.kid)),
+                            None => Some("no active key of this service".to_owned()),
+                        }
+                    }
+                };
+                if let Some(why) = why {
+                    out.push(Orphan {
+                        kind: OrphanKind::TransitKey,
+                        preview: parsed.as_ref().map(|n| n.preview.to_string()).unwrap_or_default(),
+                        service: parsed.as_ref().map(|n| n.service.to_string()).unwrap_or_default(),
+                        kid: None,
+                        path: None,
+                        transit_key: Some(name.clone()),
+                        why,
+                    });
+                }
             }
         }
         for k in &keys {
@@ -83,6 +128,7 @@ impl Control {
                     service: k.service.to_string(),
                     kid: Some(k.kid.clone()),
                     path: None,
+                    transit_key: None,
                     why: match state {
                         Some(PreviewState::Active) => "key never activated".to_owned(),
                         Some(s) => format!("key not revoked but preview is {s}"),
@@ -98,11 +144,16 @@ impl Control {
     /// `progress` is called after each one.
     pub async fn sweep(&self, orphans: &[Orphan], progress: &mut dyn FnMut(usize)) -> Result<(), LifecycleError> {
         for (i, o) in orphans.iter().enumerate() {
-            let preview: pvid_core::PreviewId = o.preview.parse().map_err(|_| LifecycleError::NotFound(o.preview.clone()))?;
             match o.kind {
                 OrphanKind::Secret => {
+                    let preview: PreviewId = o.preview.parse().map_err(|_| LifecycleError::NotFound(o.preview.clone()))?;
                     let service = o.service.parse().map_err(|_| LifecycleError::NotFound(o.service.clone()))?;
                     self.secrets.delete(&SecretPath::private_key(&preview, &service)).await?;
+                }
+                OrphanKind::TransitKey => {
+                    if let (Some(t), Some(name)) = (self.secrets.transit(), &o.transit_key) {
+                        t.delete(name).await?;
+                    }
                 }
                 OrphanKind::Key => {
                     if let Some(kid) = &o.kid {
@@ -110,8 +161,16 @@ impl Control {
                     }
                 }
             }
+            // A Transit key whose name fits no preview id is recorded under the reserved id
+            // `unknown` (a valid DNS label no pvid preview name collides with in practice).
+            let preview: PreviewId = o.preview.parse().or_else(|_| "unknown".parse()).map_err(|_| LifecycleError::NotFound(o.preview.clone()))?;
             self.state
-                .append_evidence(&preview, "orphan.swept", json!({"kind": o.kind, "service": o.service, "kid": o.kid, "path": o.path, "why": o.why}))
+                .append_evidence(
+                    &preview,
+                    "orphan.swept",
+                    json!({"kind": o.kind, "service": o.service, "kid": o.kid, "path": o.path, "transit_key": o.transit_key,
+                           "why": o.why, "store": self.secrets.kind()}),
+                )
                 .await?;
             progress(i + 1);
         }

@@ -4,11 +4,19 @@
 //! Order of operations, chosen so that a crash at any instant leaves something a re-run
 //! completes and never a secret the state store does not know about:
 //!
-//! - **provision**: preview row (`provisioning`) → key row (`pending`, public half) → private
-//!   key into the secret store → key `active` → preview `active` → registry files published.
+//! - **provision**, `sidecar` custody: preview row (`provisioning`) → key row (`pending`, public
+//!   half) → private key into the secret store → key `active` → preview `active` → registry
+//!   files published.
+//! - **provision**, `transit` custody: preview row → Transit key created in the vault (its public
+//!   half exists only now) → key row → key `active` → preview `active` → registry published.
+//!   A crash after the vault write leaves a Transit key of a preview that is not active: the
+//!   orphan audit reports it, a re-run adopts it.
 //! - **teardown**: preview `tearing_down` and registry republished (sidecars refuse from here) →
-//!   keys revoked → secrets deleted → secrets listed again to prove they are gone → preview
-//!   `torn_down` → registry republished with an empty key set.
+//!   keys revoked → secrets and Transit keys deleted → each read back and the store listed again
+//!   to prove they are gone → preview `torn_down` → registry republished with an empty key set.
+//!
+//! The secret (or Transit key) is always written before the registry publishes its public half,
+//! and deleted only after the registry stopped publishing it: see docs/openbao.md.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -19,5 +27,5 @@ mod publish;
 
 pub use audit::{Orphan, OrphanKind};
 pub use error::LifecycleError;
-pub use lifecycle::{Control, ProvisionOutcome, TeardownOutcome};
+pub use lifecycle::{Control, ProvisionOutcome, SigningSource, TeardownOutcome, same_public_key};
 pub use publish::{build_registry, registry_dir};

@@ -1,9 +1,11 @@
 //! Provision and teardown (see the crate docs for the order of operations).
 
 use pvid_core::key::random_suffix;
-use pvid_core::{PreviewConfig, PreviewId, PreviewState, ServiceName, SigningKey};
+use pvid_core::{Algorithm, Jwk, KeyCustody, PreviewConfig, PreviewId, PreviewState, ServiceName, SigningKey};
 use pvid_store::state::unix_now;
-use pvid_store::{KeyRecord, KeyState, SecretPath, SecretStore, StateStore, StoredKey};
+use pvid_store::{
+    KeyRecord, KeyState, SecretMeta, SecretPath, SecretStore, StateStore, StoreError, StoredKey, TransitKeyName, TransitKeys,
+};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +33,38 @@ pub enum TeardownOutcome {
     TornDown,
 }
 
+/// What a provision wrote to the secret store, for its rollback.
+#[derive(Clone, Debug)]
+enum Issued {
+    /// A private key at `preview/<id>/<svc>/private-key` (service, kid).
+    Secret(ServiceName, String),
+    /// A Transit key (name).
+    Transit(String),
+}
+
+/// How a service signs (see [`Control::signing_source`]).
+#[derive(Debug)]
+pub enum SigningSource {
+    /// Sidecar custody: the private key itself.
+    Local(SigningKey),
+    /// Transit custody: the vault signs with this key and version.
+    Transit {
+        /// `preview-<id>-<svc>`.
+        key_name: String,
+        /// The Transit key version whose public half is published under `kid`.
+        version: u64,
+        /// The published key id.
+        kid: String,
+        /// The algorithm.
+        alg: Algorithm,
+    },
+}
+
+/// Whether two JWKs hold the same public key (key members only; `kid`, `alg`, `use` ignored).
+pub fn same_public_key(a: &Jwk, b: &Jwk) -> bool {
+    (&a.kty, &a.crv, &a.x, &a.y, &a.n, &a.e) == (&b.kty, &b.crv, &b.x, &b.y, &b.n, &b.e)
+}
+
 /// The lifecycle operations over a state store and a secret store.
 pub struct Control {
     pub(crate) state: StateStore,
@@ -38,12 +72,13 @@ pub struct Control {
     pub(crate) home: PathBuf,
     failpoint: Option<String>,
     actor: String,
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
     /// Operations over these stores; registry files go under `home/previews/`.
     pub fn new(state: StateStore, secrets: Arc<dyn SecretStore>, home: PathBuf) -> Control {
-        Control { state, secrets, home, failpoint: None, actor: "unknown".into() }
+        Control { state, secrets, home, failpoint: None, actor: "unknown".into(), paused: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Who runs the operations (`cli:alice`, `api:token`, `reaper`), recorded in the evidence
@@ -53,8 +88,11 @@ impl Control {
         self
     }
 
-    /// Test-only crash injection: the process exits (code 86) when it reaches the named point
-    /// (`after_secret_write`, `after_key_activate`, `after_revoke`, `after_secret_delete`).
+    /// Test-only crash injection (`PVID_FAILPOINT`, see docs/cli.md): `NAME` makes the process
+    /// exit (code 86) when it reaches the named point (`after_secret_write`,
+    /// `after_key_activate`, `after_revoke`, `after_secret_delete`); `NAME:pause=FILE` instead
+    /// creates FILE the first time the point is reached and waits (at most 120 s) until FILE is
+    /// removed, so a test can act (stop OpenBao) at exactly that instant.
     pub fn with_failpoint(mut self, name: Option<String>) -> Control {
         self.failpoint = name;
         self
@@ -70,10 +108,29 @@ impl Control {
         self.secrets.as_ref()
     }
 
-    fn failpoint(&self, name: &str) {
-        if self.failpoint.as_deref() == Some(name) {
+    async fn failpoint(&self, name: &str) {
+        let Some(spec) = self.failpoint.as_deref() else { return };
+        let (point, pause) = match spec.split_once(":pause=") {
+            Some((p, file)) => (p, Some(PathBuf::from(file))),
+            None => (spec, None),
+        };
+        if point != name {
+            return;
+        }
+        let Some(file) = pause else {
             eprintln!("pvid: failpoint {name} reached; exiting as if crashed");
             std::process::exit(86);
+        };
+        if self.paused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        eprintln!("pvid: failpoint {name} reached; paused until {} is removed", file.display());
+        let _ = std::fs::write(&file, name);
+        for _ in 0..2400 {
+            if !file.exists() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
@@ -102,7 +159,11 @@ impl Control {
             .append_evidence(id, "preview.provisioning", json!({"version": version, "services": config.services.len(), "actor": self.actor}))
             .await?;
         let mut issued = Vec::new();
-        if let Err(e) = self.issue_keys(id, config, &mut issued).await {
+        let result = match config.key_custody {
+            KeyCustody::Sidecar => self.issue_keys(id, config, &mut issued).await,
+            KeyCustody::Transit => self.issue_transit_keys(id, config, &mut issued).await,
+        };
+        if let Err(e) = result {
             self.roll_back(id, existing.is_none(), &issued).await;
             return Err(e);
         }
@@ -118,7 +179,7 @@ impl Control {
         &self,
         id: &PreviewId,
         config: &PreviewConfig,
-        issued: &mut Vec<(ServiceName, String)>,
+        issued: &mut Vec<Issued>,
     ) -> Result<(), LifecycleError> {
         let keys = self.state.keys(id).await?;
         // Keys of services the spec no longer has are revoked and their secrets removed.
@@ -175,11 +236,12 @@ impl Control {
                     revoke_reason: None,
                 })
                 .await?;
-            issued.push((svc.name.clone(), kid.clone()));
-            self.secrets.put(&path, &StoredKey::from_signing_key(&key).to_bytes()).await?;
-            self.failpoint("after_secret_write");
+            issued.push(Issued::Secret(svc.name.clone(), kid.clone()));
+            let meta = SecretMeta { kid: &kid, created_at: unix_now() };
+            self.secrets.put_key(&path, &StoredKey::from_signing_key(&key).to_bytes(), &meta).await?;
+            self.failpoint("after_secret_write").await;
             self.state.activate_key(&kid).await?;
-            self.failpoint("after_key_activate");
+            self.failpoint("after_key_activate").await;
             self.state
                 .append_evidence(id, "key.issued", json!({"service": svc.name, "kid": kid, "alg": config.algorithm}))
                 .await?;
@@ -187,16 +249,126 @@ impl Control {
         Ok(())
     }
 
+    /// Makes sure every service of `config` has exactly one active key whose private half is a
+    /// Transit key `preview-<id>-<svc>` (transit custody). The vault makes the key, so its public
+    /// half exists only after the write: the Transit key comes first, then the key row. A crash
+    /// in between leaves a Transit key of a preview that is not active, which the orphan audit
+    /// reports and the re-run adopts (it reads the public key back instead of making another).
+    async fn issue_transit_keys(
+        &self,
+        id: &PreviewId,
+        config: &PreviewConfig,
+        issued: &mut Vec<Issued>,
+    ) -> Result<(), LifecycleError> {
+        let transit = self.transit()?;
+        let keys = self.state.keys(id).await?;
+        for k in keys.iter().filter(|k| k.state != KeyState::Revoked) {
+            if !config.services.iter().any(|s| s.name == k.service) {
+                self.state.revoke_key(&k.kid, "service removed").await?;
+                transit.delete(&TransitKeyName::new(id, &k.service).to_string()).await?;
+            }
+        }
+        for svc in &config.services {
+            let name = TransitKeyName::new(id, &svc.name);
+            let mut public = transit.public_keys(&name).await?;
+            let latest = |public: &Option<Vec<pvid_store::TransitPublicKey>>| {
+                public.as_ref().and_then(|v| v.last().cloned()).filter(|k| k.jwk.algorithm().ok() == Some(config.algorithm))
+            };
+            let current = latest(&public);
+            let mine: Vec<&KeyRecord> = keys.iter().filter(|k| k.service == svc.name).collect();
+            let mut have_active = false;
+            for k in &mine {
+                let matches = current.as_ref().is_some_and(|c| same_public_key(&c.jwk, &k.jwk));
+                match k.state {
+                    KeyState::Active if matches => have_active = true,
+                    KeyState::Active => self.state.revoke_key(&k.kid, "transit key missing or replaced").await?,
+                    KeyState::Pending if matches && !have_active => {
+                        self.state.activate_key(&k.kid).await?;
+                        self.state
+                            .append_evidence(id, "key.issued", json!({"service": svc.name, "kid": k.kid, "resumed": true}))
+                            .await?;
+                        have_active = true;
+                    }
+                    KeyState::Pending => self.state.delete_pending_key(&k.kid).await?,
+                    KeyState::Revoked => {}
+                }
+            }
+            if have_active {
+                continue;
+            }
+            let created = public.is_none();
+            if created {
+                transit.create(&name, config.algorithm).await?;
+                issued.push(Issued::Transit(name.to_string()));
+                self.failpoint("after_secret_write").await;
+                public = transit.public_keys(&name).await?;
+            }
+            let Some(current) = latest(&public) else {
+                return Err(StoreError::TransitPublicKey {
+                    name: name.to_string(),
+                    reason: format!("no {} public key (delete the key or tear the preview down)", config.algorithm),
+                }
+                .into());
+            };
+            let kid = format!("{}-{}-{}", svc.name, mine.len() + 1, random_suffix(3));
+            let mut jwk = current.jwk.clone();
+            jwk.kid = Some(kid.clone());
+            self.state
+                .insert_key(&KeyRecord {
+                    kid: kid.clone(),
+                    preview_id: id.clone(),
+                    service: svc.name.clone(),
+                    state: KeyState::Pending,
+                    jwk,
+                    created_at: unix_now(),
+                    revoked_at: None,
+                    revoke_reason: None,
+                })
+                .await?;
+            self.state.activate_key(&kid).await?;
+            self.failpoint("after_key_activate").await;
+            self.state
+                .append_evidence(
+                    id,
+                    "key.issued",
+                    json!({"service": svc.name, "kid": kid, "alg": config.algorithm, "custody": "transit",
+                           "transit_key": name.to_string(), "version": current.version, "adopted": !created}),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn transit(&self) -> Result<&dyn TransitKeys, LifecycleError> {
+        self.secrets.transit().ok_or_else(|| StoreError::NoTransit(self.secrets.kind()).into())
+    }
+
     /// Removes what a failed provision wrote. Best effort: what it cannot remove stays recorded
     /// (pending key rows, state `provisioning`), so the orphan audit and a re-run find it.
-    async fn roll_back(&self, id: &PreviewId, created: bool, issued: &[(ServiceName, String)]) {
+    async fn roll_back(&self, id: &PreviewId, created: bool, issued: &[Issued]) {
         let mut clean = true;
-        for (svc, kid) in issued {
-            let path = SecretPath::private_key(id, svc);
-            if self.secrets.delete(&path).await.is_ok() {
-                clean &= self.state.revoke_key(kid, "provision rolled back").await.is_ok();
-            } else {
-                clean = false;
+        for item in issued {
+            match item {
+                Issued::Secret(svc, kid) => {
+                    let path = SecretPath::private_key(id, svc);
+                    if self.secrets.delete(&path).await.is_ok() {
+                        clean &= self.state.revoke_key(kid, "provision rolled back").await.is_ok();
+                    } else {
+                        clean = false;
+                    }
+                }
+                Issued::Transit(name) => match self.secrets.transit() {
+                    Some(t) => clean &= t.delete(name).await.is_ok(),
+                    None => clean = false,
+                },
+            }
+        }
+        // Keys activated before the failure point at a secret that is gone now.
+        if clean {
+            for k in self.state.keys(id).await.unwrap_or_default().iter().filter(|k| k.state != KeyState::Revoked) {
+                if issued.iter().any(|i| matches!(i, Issued::Transit(n) if *n == TransitKeyName::new(id, &k.service).to_string())) {
+                    clean &= self.state.revoke_key(&k.kid, "provision rolled back").await.is_ok();
+                }
             }
         }
         let _ = self.state.append_evidence(id, "preview.provision_failed", json!({"rolled_back": clean})).await;
@@ -209,7 +381,10 @@ impl Control {
     /// gone. Idempotent; a re-run after an interruption completes it.
     pub async fn teardown(&self, id: &PreviewId) -> Result<TeardownOutcome, LifecycleError> {
         let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
-        if rec.state == PreviewState::TornDown && self.secrets_of(id).await?.is_empty() {
+        if rec.state == PreviewState::TornDown
+            && self.secrets_of(id).await?.is_empty()
+            && self.transit_keys_of(id, &rec.config).await?.is_empty()
+        {
             // Republish: a run killed between the last state change and its publication left
             // a registry file that still says `tearing_down`.
             self.publish(id).await?;
@@ -227,25 +402,53 @@ impl Control {
             self.state.revoke_key(&k.kid, "teardown").await?;
             self.state.append_evidence(id, "key.revoked", json!({"service": k.service, "kid": k.kid, "reason": "teardown"})).await?;
         }
-        self.failpoint("after_revoke");
+        self.failpoint("after_revoke").await;
         let mut paths: Vec<SecretPath> = rec.config.services.iter().map(|s| SecretPath::private_key(id, &s.name)).collect();
         paths.extend(self.secrets_of(id).await?);
         paths.sort();
         paths.dedup();
         for path in &paths {
+            // A path that does not exist is not deleted (under transit custody no KV path
+            // exists); one that cannot be read is deleted anyway.
             let existed = self.secrets.get(path).await.map(|v| v.is_some()).unwrap_or(true);
-            self.secrets.delete(path).await?;
             if existed {
+                self.secrets.delete(path).await?;
                 self.state.append_evidence(id, "secret.deleted", json!({"path": path.to_string(), "store": self.secrets.kind()})).await?;
             }
         }
-        self.failpoint("after_secret_delete");
-        let left = self.secrets_of(id).await?;
+        let transit_keys = self.transit_keys_of(id, &rec.config).await?;
+        if let Some(transit) = self.secrets.transit() {
+            for name in &transit_keys {
+                let parsed = TransitKeyName::parse(name, &[id]);
+                let existed = match &parsed {
+                    Some(n) => transit.public_keys(n).await?.is_some(),
+                    None => true,
+                };
+                transit.delete(name).await?;
+                if existed {
+                    self.state
+                        .append_evidence(id, "transit_key.deleted", json!({"transit_key": name, "store": self.secrets.kind()}))
+                        .await?;
+                }
+            }
+        }
+        self.failpoint("after_secret_delete").await;
+        // Prove it: every path read back, the store listed again, every Transit key read back.
+        let mut left: Vec<String> = Vec::new();
+        for path in &paths {
+            if self.secrets.get(path).await?.is_some() {
+                left.push(path.to_string());
+            }
+        }
+        left.extend(self.secrets_of(id).await?.iter().map(ToString::to_string));
+        if let Some(transit) = self.secrets.transit() {
+            let live = transit.list().await?;
+            left.extend(transit_keys.iter().filter(|n| live.contains(n)).cloned());
+        }
+        left.sort();
+        left.dedup();
         if !left.is_empty() {
-            return Err(LifecycleError::SecretsRemain {
-                preview: id.to_string(),
-                paths: left.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-            });
+            return Err(LifecycleError::SecretsRemain { preview: id.to_string(), paths: left.join(", ") });
         }
         let version = self.state.set_state(id, PreviewState::TornDown).await?;
         self.publish(id).await?;
@@ -272,6 +475,47 @@ impl Control {
             Some(bytes) => Ok(Some(StoredKey::from_bytes(&path, &bytes)?.to_signing_key(&path)?)),
             None => Ok(None),
         }
+    }
+
+    /// How a service of an active preview signs: its private key (sidecar custody) or the
+    /// Transit key and version whose public half is the service's active key (transit custody).
+    pub async fn signing_source(&self, id: &PreviewId, service: &ServiceName) -> Result<Option<SigningSource>, LifecycleError> {
+        let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        if rec.config.key_custody == KeyCustody::Sidecar {
+            return Ok(self.signing_key(id, service).await?.map(SigningSource::Local));
+        }
+        let Some(active) = self.state.keys(id).await?.into_iter().find(|k| &k.service == service && k.state == KeyState::Active)
+        else {
+            return Ok(None);
+        };
+        let name = TransitKeyName::new(id, service);
+        let versions = self.transit()?.public_keys(&name).await?.unwrap_or_default();
+        let version = versions.iter().find(|v| same_public_key(&v.jwk, &active.jwk)).map(|v| v.version).ok_or_else(|| {
+            StoreError::TransitPublicKey {
+                name: name.to_string(),
+                reason: format!("no version holds the public key of active key {} (re-run pvid up)", active.kid),
+            }
+        })?;
+        Ok(Some(SigningSource::Transit { key_name: name.to_string(), version, kid: active.kid, alg: rec.config.algorithm }))
+    }
+
+    /// Transit keys that belong to a preview: those of its services, and any other listed key
+    /// named for it (none when the store has no Transit custody).
+    async fn transit_keys_of(&self, id: &PreviewId, config: &PreviewConfig) -> Result<Vec<String>, LifecycleError> {
+        let Some(transit) = self.secrets.transit() else { return Ok(Vec::new()) };
+        let listed = transit.list().await?;
+        let mut out: Vec<String> = config
+            .services
+            .iter()
+            .map(|s| TransitKeyName::new(id, &s.name).to_string())
+            .filter(|n| listed.contains(n))
+            .collect();
+        let previews = self.state.previews().await?;
+        let known: Vec<&PreviewId> = previews.iter().map(|p| &p.id).collect();
+        out.extend(listed.iter().filter(|n| TransitKeyName::parse(n, &known).is_some_and(|k| &k.preview == id)).cloned());
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     async fn secrets_of(&self, id: &PreviewId) -> Result<Vec<SecretPath>, LifecycleError> {

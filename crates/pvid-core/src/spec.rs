@@ -26,6 +26,8 @@ pub struct PreviewSpec {
     pub token_ttl: Duration,
     /// Time after which the preview may be reaped, if any.
     pub ttl: Option<Duration>,
+    /// Where the services' private keys live and who signs (DESIGN.md "Key custody").
+    pub key_custody: KeyCustody,
     /// The services, in the order written.
     pub services: Vec<ServiceSpec>,
 }
@@ -121,11 +123,17 @@ impl PreviewSpec {
         if ttl.is_some_and(|t| t.as_secs() == 0 || t.as_secs() > MAX_PREVIEW_TTL_S) {
             return Err(top("ttl", "must be between 1s and 365d".into()));
         }
+        let key_custody = match raw.key_custody {
+            Some(c) => c.parse::<KeyCustody>().map_err(|e| top("key_custody", e))?,
+            None => KeyCustody::Sidecar,
+        };
+        key_custody.check_algorithm(algorithm).map_err(|e| top("key_custody", e))?;
         Ok(PreviewSpec {
             preview,
             algorithm,
             token_ttl,
             ttl,
+            key_custody,
             services: services
                 .0
                 .into_iter()
@@ -154,6 +162,60 @@ fn find_line(text: &str, after: usize, word: &str) -> Option<usize> {
             || l.contains(&format!("\"{word}:")) || l.contains(&format!("\"{word}\""));
         hit.then_some(i + 1)
     })
+}
+
+/// Who holds a preview's private keys (DESIGN.md "Key custody"), chosen per preview.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyCustody {
+    /// Each sidecar holds its own private key, fetched from the secret store (the default).
+    #[default]
+    Sidecar,
+    /// OpenBao Transit holds a non-exportable key per service and signs; the private key never
+    /// leaves the vault. ES256 and EdDSA only.
+    Transit,
+}
+
+impl KeyCustody {
+    /// The spec spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyCustody::Sidecar => "sidecar",
+            KeyCustody::Transit => "transit",
+        }
+    }
+
+    /// Whether this is the default mode (serde skips it, so older stored configs compare equal).
+    pub fn is_sidecar(&self) -> bool {
+        *self == KeyCustody::Sidecar
+    }
+
+    /// Transit keys are `ecdsa-p256` or `ed25519`; RS256 is refused rather than emulated.
+    pub fn check_algorithm(self, alg: Algorithm) -> Result<(), String> {
+        match (self, alg) {
+            (KeyCustody::Transit, Algorithm::RS256) => {
+                Err("transit custody signs with ES256 or EdDSA; RS256 keys need `key_custody: sidecar`".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for KeyCustody {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sidecar" => Ok(KeyCustody::Sidecar),
+            "transit" => Ok(KeyCustody::Transit),
+            _ => Err(format!("unknown key custody `{}` (use sidecar or transit)", s.escape_debug())),
+        }
+    }
+}
+
+impl fmt::Display for KeyCustody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A spec error with its place.
@@ -250,6 +312,7 @@ struct RawSpec {
     algorithm: Option<String>,
     token_ttl: Option<String>,
     ttl: Option<String>,
+    key_custody: Option<String>,
     services: Option<Services>,
 }
 
@@ -328,6 +391,9 @@ pub struct PreviewConfig {
     /// Reap after this many seconds, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<u64>,
+    /// Key custody; absent in stored configs written before custody modes existed.
+    #[serde(default, skip_serializing_if = "KeyCustody::is_sidecar")]
+    pub key_custody: KeyCustody,
     /// Services in spec order.
     pub services: Vec<ServiceConfig>,
     /// Allowed calls.
@@ -355,6 +421,7 @@ impl PreviewSpec {
             algorithm: self.algorithm,
             token_ttl_s: self.token_ttl.as_secs(),
             ttl_s: self.ttl.map(|d| d.as_secs()),
+            key_custody: self.key_custody,
             services: self
                 .services
                 .iter()

@@ -43,28 +43,67 @@ pub struct MintRequest<'a> {
     pub now: f64,
 }
 
-/// Signs a token for exactly one audience.
+/// Signs a token for exactly one audience with a local key.
 pub fn mint(key: &SigningKey, req: &MintRequest<'_>) -> Result<String, KeyError> {
-    let iat = req.now.floor() as i64;
-    let ttl = req.ttl_s.clamp(1, MAX_TTL_S) as i64;
-    let header = json!({"alg": key.algorithm().as_str(), "typ": "JWT", "kid": key.kid()});
-    let claims = json!({
-        "iss": service_identity(req.preview, req.from),
-        "sub": req.from.as_str(),
-        "aud": req.audience,
-        "iat": iat,
-        "nbf": iat,
-        "exp": iat + ttl,
-        "jti": b64_encode(&random_bytes(16)),
-        "preview": req.preview.as_str(),
-    });
-    sign_compact(key, &header, &claims)
+    let unsigned = UnsignedToken::new(key.algorithm(), key.kid(), req);
+    let sig = key.sign(unsigned.signing_input().as_bytes())?;
+    Ok(unsigned.finish(&sig))
+}
+
+/// A token's header and claims, encoded and waiting for a signature: the sans-IO half of
+/// minting. A signer elsewhere (a local key, OpenBao Transit) signs
+/// [`signing_input`](Self::signing_input) and [`finish`](Self::finish) appends the signature.
+#[derive(Clone, Debug)]
+pub struct UnsignedToken {
+    signing_input: String,
+    exp: i64,
+}
+
+impl UnsignedToken {
+    /// Encodes the header (`alg`, `typ`, `kid`) and the claims of a token for exactly one
+    /// audience: `iat = nbf = floor(now)`, `exp = iat + ttl` (ttl clamped to 1..=[`MAX_TTL_S`]).
+    pub fn new(alg: Algorithm, kid: &str, req: &MintRequest<'_>) -> UnsignedToken {
+        let iat = req.now.floor() as i64;
+        let ttl = req.ttl_s.clamp(1, MAX_TTL_S) as i64;
+        let header = json!({"alg": alg.as_str(), "typ": "JWT", "kid": kid});
+        let claims = json!({
+            "iss": service_identity(req.preview, req.from),
+            "sub": req.from.as_str(),
+            "aud": req.audience,
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + ttl,
+            "jti": b64_encode(&random_bytes(16)),
+            "preview": req.preview.as_str(),
+        });
+        UnsignedToken { signing_input: signing_input(&header, &claims), exp: iat + ttl }
+    }
+
+    /// `base64url(header) "." base64url(claims)`: the bytes to sign (RFC 7515 §5.1).
+    pub fn signing_input(&self) -> &str {
+        &self.signing_input
+    }
+
+    /// The token's `exp` claim, Unix seconds.
+    pub fn exp(&self) -> i64 {
+        self.exp
+    }
+
+    /// The compact token: the signing input, a dot, and the JOSE signature (r‖s for ES256)
+    /// in base64url.
+    pub fn finish(self, signature: &[u8]) -> String {
+        format!("{}.{}", self.signing_input, b64_encode(signature))
+    }
+}
+
+fn signing_input(header: &Value, claims: &Value) -> String {
+    format!("{}.{}", b64_encode(header.to_string().as_bytes()), b64_encode(claims.to_string().as_bytes()))
 }
 
 /// Signs arbitrary header and claims objects, with no checks at all. For tests, fuzzing and
 /// tools that must craft unusual tokens; services use [`mint`].
 pub fn sign_compact(key: &SigningKey, header: &Value, claims: &Value) -> Result<String, KeyError> {
-    let signing_input = format!("{}.{}", b64_encode(header.to_string().as_bytes()), b64_encode(claims.to_string().as_bytes()));
+    let signing_input = signing_input(header, claims);
     let sig = key.sign(signing_input.as_bytes())?;
     Ok(format!("{signing_input}.{}", b64_encode(&sig)))
 }

@@ -117,3 +117,19 @@ fn crlf_line_endings_parse_and_a_bare_carriage_return_is_refused_at_its_line() {
     let bad_line_numbers = err("services:\n  api:\r    adress: x\n");
     assert_eq!(bad_line_numbers.line, Some(2), "{bad_line_numbers}");
 }
+
+#[test]
+fn key_custody_defaults_to_sidecar_and_transit_refuses_rs256_naming_the_field() {
+    use pvid_core::KeyCustody;
+    let spec = PreviewSpec::parse("s.yaml", "services:\n  api: {}\n").unwrap();
+    assert_eq!(spec.key_custody, KeyCustody::Sidecar);
+    // A sidecar-custody config serialises as before custody modes existed (stored configs compare equal).
+    assert!(!serde_json::to_string(&spec.config()).unwrap().contains("key_custody"));
+    let spec = PreviewSpec::parse("s.yaml", "key_custody: transit\nalgorithm: EdDSA\nservices:\n  api: {}\n").unwrap();
+    assert_eq!((spec.key_custody, spec.config().key_custody), (KeyCustody::Transit, KeyCustody::Transit));
+    let e = err("algorithm: RS256\nkey_custody: transit\nservices:\n  api: {}\n");
+    assert_eq!((e.line, e.field.as_str()), (Some(2), "key_custody"), "{e}");
+    assert!(e.message.contains("RS256 keys need `key_custody: sidecar`"), "{e}");
+    let e = err("key_custody: vault\nservices:\n  api: {}\n");
+    assert_eq!(e.to_string(), "spec.yaml:1: key_custody: unknown key custody `vault` (use sidecar or transit)");
+}

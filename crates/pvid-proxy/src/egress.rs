@@ -3,69 +3,28 @@
 //! callee's audience with this service's key, and forwards to the callee's address from the
 //! registry with `Authorization: Bearer`, the request id and `traceparent`.
 //!
-//! Tokens are cached per callee until [`REFRESH_BEFORE_EXPIRY_S`] before they expire, and
-//! forgotten when the registry changes this service's keys. The sidecar only signs with a key the
+//! Tokens are cached per callee until shortly before they expire
+//! ([`crate::signer::REFRESH_BEFORE_EXPIRY_S`]), and forgotten when the registry changes this
+//! service's keys. The sidecar only signs with a key the
 //! registry publishes for this service (DESIGN.md: a key is published to every verifier before
 //! anyone signs with it), and not at all once the preview is being torn down. One `auth.mint`
 //! line is logged per request; it never holds the token.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pvid_core::token::MAX_TTL_S;
-use pvid_core::{MintRequest, ServiceName, SigningKey, mint, service_identity};
+use pvid_core::{MintRequest, ServiceName, service_identity};
 
 use crate::headers::{self, X_REQUEST_ID};
 use crate::log::{MintEvent, clip_detail, clip_field, rfc3339_millis};
 use crate::registry_watch::Snapshot;
 use crate::respond::{self, ProxyBody};
 use crate::shared::Shared;
-
-/// A cached token is replaced this many seconds before it expires.
-pub(crate) const REFRESH_BEFORE_EXPIRY_S: f64 = 30.0;
-
-struct Minted {
-    token: String,
-    exp: f64,
-}
-
-/// Tokens minted per callee. Debug output never shows a token.
-#[derive(Default)]
-pub(crate) struct MintCache {
-    tokens: Mutex<HashMap<ServiceName, Minted>>,
-}
-
-impl fmt::Debug for MintCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MintCache({} tokens)", self.lock().len())
-    }
-}
-
-impl MintCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServiceName, Minted>> {
-        // Every operation is a single insert/get/clear: a poisoned map is still consistent.
-        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Forgets every token (this service's keys changed).
-    pub(crate) fn clear(&self) {
-        self.lock().clear();
-    }
-
-    fn get(&self, callee: &ServiceName, now: f64) -> Option<String> {
-        self.lock().get(callee).filter(|m| now < m.exp - REFRESH_BEFORE_EXPIRY_S).map(|m| m.token.clone())
-    }
-
-    fn put(&self, callee: ServiceName, token: String, exp: f64) {
-        self.lock().insert(callee, Minted { token, exp });
-    }
-}
+use crate::signer::{Signer, mint_with};
 
 /// Why an egress request was answered by the sidecar itself.
 struct Failure {
@@ -105,7 +64,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         Err(f) => (None, clip_field(req.uri().path()), Err(f)),
         Ok(t) => {
             let (callee, path) = (clip_field(&t.callee), clip_field(&t.path));
-            (Some(callee), path, prepare(&shared, &snapshot, &t, now).map(|p| (t, p)))
+            (Some(callee), path, prepare(&shared, &snapshot, &t, now).await.map(|p| (t, p)))
         }
     };
 
@@ -117,7 +76,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         service: shared.service.as_str(),
         callee,
         audience: prepared.as_ref().ok().map(|(_, p)| p.audience.clone()),
-        kid: shared.signing_key.as_ref().map(SigningKey::kid),
+        kid: shared.signing_key.as_deref().map(Signer::kid),
         result: if prepared.is_ok() { "ok" } else { "error" },
         reason: match &prepared {
             Ok((_, p)) if p.cached => "cached",
@@ -166,7 +125,7 @@ fn parse_target(method: &Method, uri: &Uri) -> Result<Target, Failure> {
 }
 
 /// Looks the callee up and finds or mints its token.
-fn prepare(shared: &Shared, snapshot: &Snapshot, target: &Target, now: f64) -> Result<Prepared, Failure> {
+async fn prepare(shared: &Shared, snapshot: &Snapshot, target: &Target, now: f64) -> Result<Prepared, Failure> {
     let bad_gateway = |reason, detail: String| Failure::new(StatusCode::BAD_GATEWAY, reason, detail);
     let entry = target
         .callee
@@ -181,7 +140,7 @@ fn prepare(shared: &Shared, snapshot: &Snapshot, target: &Target, now: f64) -> R
         .address
         .clone()
         .ok_or_else(|| bad_gateway("callee_has_no_address", format!("the registry gives no address for {callee}")))?;
-    let key = shared.signing_key.as_ref().ok_or_else(|| {
+    let key = shared.signing_key.as_deref().ok_or_else(|| {
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no_signing_key",
@@ -196,17 +155,18 @@ fn prepare(shared: &Shared, snapshot: &Snapshot, target: &Target, now: f64) -> R
     }
     let ttl_s = snapshot.registry.token_ttl_s;
     let request = MintRequest { from: &shared.service, preview: &shared.preview, audience: &audience, ttl_s, now };
-    let token = mint(key, &request)
+    // A Transit signer answers in one HTTP round trip, or names OpenBao and what failed.
+    let minted = mint_with(key, &request)
+        .await
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "mint_failed", e.to_string()))?;
-    // Same arithmetic as `mint`: iat = floor(now), exp = iat + ttl clamped to 1..=MAX_TTL_S.
-    let exp = now.floor() + ttl_s.clamp(1, MAX_TTL_S) as f64;
-    shared.minted.put(callee, token.clone(), exp);
+    let token = minted.token.clone();
+    shared.minted.put(callee, minted);
     Ok(Prepared { address, audience, token, cached: false })
 }
 
 /// The sidecar signs only with a key the registry publishes for this service, and only while
 /// the preview is live.
-fn check_key_is_live(shared: &Shared, snapshot: &Snapshot, key: &SigningKey) -> Result<(), Failure> {
+fn check_key_is_live(shared: &Shared, snapshot: &Snapshot, key: &dyn Signer) -> Result<(), Failure> {
     let unavailable = |reason, detail: String| Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason, detail);
     let reg = &snapshot.registry;
     if reg.state.is_gone() {
@@ -305,16 +265,5 @@ mod tests {
     fn connect_is_refused() {
         let f = parse_target(&Method::CONNECT, &"payments:443".parse().unwrap()).err().unwrap();
         assert_eq!(f.reason, "connect_not_supported");
-    }
-
-    #[test]
-    fn a_cached_token_is_replaced_shortly_before_it_expires() {
-        let cache = MintCache::default();
-        let callee: ServiceName = "payments".parse().unwrap();
-        cache.put(callee.clone(), "t".into(), 1000.0);
-        assert_eq!(cache.get(&callee, 969.0).as_deref(), Some("t"));
-        assert_eq!(cache.get(&callee, 970.0), None);
-        cache.clear();
-        assert_eq!(cache.get(&callee, 0.0), None);
     }
 }

@@ -5,7 +5,8 @@
 //!   identity in `x-pvid-caller` / `x-pvid-preview`; a denied one is answered 401/403 here and never
 //!   reaches the app.
 //! - **Egress** (`egress.rs`, optional): the app's own outbound calls get a token minted for the
-//!   callee and are forwarded to the callee's address from the registry.
+//!   callee and are forwarded to the callee's address from the registry. Tokens are signed by a
+//!   [`Signer`] (`signer.rs`): the service's own key, or OpenBao Transit (feature `openbao`).
 //! - **Registry** (`registry_watch.rs`): loaded from a file at start (an error if missing or
 //!   invalid), then polled; a failed reload never replaces the last good registry.
 //! - **Decision log** (`log.rs`): exactly one JSON line per request, written before the response
@@ -30,6 +31,7 @@ mod registry_watch;
 mod respond;
 mod server;
 mod shared;
+pub mod signer;
 
 use std::fmt;
 use std::future::Future;
@@ -37,11 +39,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pvid_core::{Clock, PreviewId, ServiceName, SigningKey};
+use pvid_core::{Clock, PreviewId, ServiceName};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::limits::Limits;
+pub use crate::signer::{MintCache, Minted, SignError, Signer, mint_with};
+#[cfg(feature = "openbao")]
+pub use crate::signer::TransitSigner;
+
 use crate::server::Role;
 use crate::shared::Shared;
 
@@ -68,8 +74,9 @@ pub struct ProxyConfig {
     pub egress: Option<SocketAddr>,
     /// The registry file (`registry.json`); reloaded when its content changes.
     pub registry: PathBuf,
-    /// This service's private key, used to mint egress tokens.
-    pub signing_key: Option<SigningKey>,
+    /// Signs this service's egress tokens: its private key ([`pvid_core::SigningKey`], sidecar
+    /// custody) or a [`TransitSigner`] (transit custody, feature `openbao`).
+    pub signing_key: Option<Arc<dyn Signer>>,
     /// Where log lines go.
     pub log: LogTarget,
     /// The source of "now" for token validation, minting and log timestamps.

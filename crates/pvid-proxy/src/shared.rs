@@ -10,10 +10,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pvid_core::{Clock, PreviewId, ServiceName, SigningKey, service_identity};
+use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
 use crate::cache::TokenCache;
-use crate::egress::MintCache;
+use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
 use crate::metrics::Metrics;
 use crate::registry_watch::{RegistryHandle, Snapshot};
@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub registry: RegistryHandle,
     pub cache: Option<TokenCache>,
     pub client: HttpClient,
-    pub signing_key: Option<SigningKey>,
+    pub signing_key: Option<Arc<dyn Signer>>,
     pub minted: MintCache,
     pub metrics: Metrics,
 }

@@ -83,4 +83,49 @@ pub enum StoreError {
     /// Sealing failed (crypto library).
     #[error("secret store: encryption failed")]
     Seal,
+    /// An OpenBao request failed (the error names the address and the operation).
+    #[cfg(feature = "openbao")]
+    #[error(transparent)]
+    OpenBao(#[from] pvid_bao::BaoError),
+    /// A secret or Transit key is still readable after it was deleted.
+    #[error("secret store {store}: {what} is still present after deletion")]
+    StillPresent {
+        /// Store location.
+        store: String,
+        /// The path or key name.
+        what: String,
+    },
+    /// The store has no Transit custody (the local store), but the preview asks for it.
+    #[error("key custody `transit` needs the openbao secret store (--secrets openbao); this one is {0}")]
+    NoTransit(&'static str),
+    /// A Transit key exists with another type than the preview's algorithm needs.
+    #[error("transit key {name} exists with type {found}, expected {expected}; delete it or tear the preview down first")]
+    TransitKeyType {
+        /// Key name.
+        name: String,
+        /// Its type.
+        found: String,
+        /// The type the algorithm needs.
+        expected: String,
+    },
+    /// A Transit key's public key is unusable.
+    #[error("transit key {name}: {reason}")]
+    TransitPublicKey {
+        /// Key name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed (a server down, sealed or slow).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            #[cfg(feature = "openbao")]
+            StoreError::OpenBao(e) => e.is_retryable(),
+            StoreError::Query { .. } => true,
+            _ => false,
+        }
+    }
 }

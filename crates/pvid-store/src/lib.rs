@@ -3,7 +3,10 @@
 //! - [`state`]: the state store (previews, public keys, evidence trail) in SQLite;
 //! - [`secret`]: the secret store for private keys, behind the [`SecretStore`] trait, with the
 //!   embedded [`LocalSecretStore`] (AES-256-GCM at rest, master key in a 0600 file);
-//! - [`evidence`]: the hash chain of the evidence trail.
+//! - [`evidence`]: the hash chain of the evidence trail;
+//! - [`transit`]: keys that sign inside the secret store ([`TransitKeys`], transit custody);
+//! - `openbao` (feature `openbao`): [`OpenBaoSecretStore`], private keys in OpenBao / Vault KV v2
+//!   and Transit keys.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -11,8 +14,14 @@ pub mod error;
 pub mod evidence;
 pub mod secret;
 pub mod state;
+pub mod transit;
+#[cfg(feature = "openbao")]
+pub mod openbao;
 
 pub use error::StoreError;
 pub use evidence::EvidenceEntry;
-pub use secret::{LocalSecretStore, SecretPath, SecretStore, StoredKey};
+pub use secret::{LocalSecretStore, SecretMeta, SecretPath, SecretStore, StoredKey};
+pub use transit::{TransitKeyName, TransitKeys, TransitPublicKey};
+#[cfg(feature = "openbao")]
+pub use openbao::OpenBaoSecretStore;
 pub use state::{KeyRecord, KeyState, PreviewRecord, StateStore};

@@ -131,6 +131,32 @@ pub trait SecretStore: Send + Sync {
     async fn delete(&self, path: &SecretPath) -> Result<(), StoreError>;
     /// Lists every secret under `preview/`.
     async fn list(&self) -> Result<Vec<SecretPath>, StoreError>;
+
+    /// Writes a private key with metadata about it. Stores that keep metadata (OpenBao KV v2
+    /// custom metadata) record it; the others store the value alone.
+    async fn put_key(&self, path: &SecretPath, value: &[u8], meta: &SecretMeta<'_>) -> Result<(), StoreError> {
+        let _ = meta;
+        self.put(path, value).await
+    }
+
+    /// Where the store is, for messages (`/home/.pvid/secrets`, `http://127.0.0.1:8200`).
+    fn location(&self) -> String {
+        self.kind().to_owned()
+    }
+
+    /// Transit custody (keys that sign inside the store), when the store offers it.
+    fn transit(&self) -> Option<&dyn crate::transit::TransitKeys> {
+        None
+    }
+}
+
+/// What a secret store may record beside a private key (never secret itself).
+#[derive(Clone, Copy, Debug)]
+pub struct SecretMeta<'a> {
+    /// The key id.
+    pub kid: &'a str,
+    /// When the key was made, Unix seconds.
+    pub created_at: i64,
 }
 
 /// The embedded secret store.
@@ -226,6 +252,10 @@ impl LocalSecretStore {
 impl SecretStore for LocalSecretStore {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
     }
 
     async fn put(&self, path: &SecretPath, value: &[u8]) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use pvid_control::{OrphanKind, ProvisionOutcome, TeardownOutcome};
-use pvid_core::{PreviewId, PreviewSpec};
+use pvid_core::{KeyCustody, PreviewId, PreviewSpec};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,6 +20,11 @@ pub struct UpArgs {
     /// The preview id (overrides `preview:` in the spec).
     #[arg(long)]
     preview: Option<PreviewId>,
+    /// Who holds the private keys (overrides `key_custody:` in the spec): `sidecar` (each
+    /// sidecar gets its key from the secret store) or `transit` (OpenBao Transit signs; needs
+    /// --secrets openbao).
+    #[arg(long, value_name = "sidecar|transit")]
+    key_custody: Option<KeyCustody>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -101,6 +106,9 @@ pub enum AuditCommand {
     },
 }
 
+/// Orphan sweeps of at least this many items show a progress bar.
+const SWEEP_BAR_THRESHOLD: usize = 5;
+
 /// Reads and parses a spec file; errors name the file, line and field (exit 2).
 pub fn read_spec(file: &Path) -> Result<PreviewSpec, Failure> {
     let text = std::fs::read_to_string(file).map_err(|e| invalid(anyhow!("cannot read spec {}: {e}", file.display())))?;
@@ -108,7 +116,11 @@ pub fn read_spec(file: &Path) -> Result<PreviewSpec, Failure> {
 }
 
 pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
-    let spec = read_spec(&a.file)?;
+    let mut spec = read_spec(&a.file)?;
+    if let Some(custody) = a.key_custody {
+        custody.check_algorithm(spec.algorithm).map_err(|e| invalid(anyhow!("--key-custody {custody}: {e}")))?;
+        spec.key_custody = custody;
+    }
     let id = a.preview.or(spec.preview.clone()).ok_or_else(|| {
         invalid(anyhow!("{}: no preview id: set `preview:` in the spec or pass --preview", a.file.display()))
     })?;
@@ -137,6 +149,7 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
         outln!(
             "{}",
             json!({"preview": id, "outcome": what, "state": reg.state, "version": reg.version, "services": services,
+                   "key_custody": spec.key_custody, "secrets": control.secrets().kind(),
                    "registry": pvid_control::registry_dir(home, id.as_str()).join("registry.json"), "elapsed_ms": elapsed_ms})
         );
     } else {
@@ -159,6 +172,7 @@ pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
     let _lock = context::lock(home, false)?;
     let control = context::open(home).await?;
     let outcome = control.teardown(&a.id).await?;
+    crate::cmd_token::forget_cached_tokens(home, &a.id);
     let what = match outcome {
         TeardownOutcome::AlreadyTornDown => "already_torn_down",
         TeardownOutcome::TornDown => "torn_down",
@@ -218,12 +232,14 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
         outln!(
             "{}",
             json!({"preview": rec.id, "state": rec.state, "version": rec.version, "algorithm": rec.config.algorithm,
+                   "key_custody": rec.config.key_custody, "secrets": control.secrets().location(),
                    "token_ttl_s": rec.config.token_ttl_s, "created_at": rfc3339(rec.created_at), "updated_at": rfc3339(rec.updated_at),
                    "expires_at": rec.expires_at.map(rfc3339), "services": services, "policy": policy})
         );
         return Ok(0);
     }
     outln!("preview {}  state {}  version {}  algorithm {}  token ttl {}s", rec.id, rec.state, rec.version, rec.config.algorithm, rec.config.token_ttl_s);
+    outln!("key custody {}  secrets {}", rec.config.key_custody, control.secrets().location());
     outln!("{:<12} {:<28} {:<22} {:<10} {}", "SERVICE", "ISSUER / AUDIENCE", "KID", "KEY", "ADDRESS");
     for (name, e) in &reg.services {
         let mine: Vec<_> = keys.iter().filter(|k| &k.service == name).collect();
@@ -264,15 +280,26 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             let orphans = control.find_orphans().await?;
             if sweep && !orphans.is_empty() {
                 let total = orphans.len();
+                // A bar on stderr when there are many; indicatif draws nothing when stderr is
+                // not a terminal, so scripts and --json output stay clean.
+                let bar = (!json && total >= SWEEP_BAR_THRESHOLD).then(|| {
+                    let bar = indicatif::ProgressBar::new(total as u64);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("sweeping orphans {bar:30} {pos}/{len} {elapsed}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar
+                });
                 let mut progress = |done: usize| {
-                    if !json && total > 1 {
-                        eprint!("\rsweeping orphans: {done}/{total}");
+                    if let Some(b) = &bar {
+                        b.set_position(done as u64);
                     }
                 };
-                control.sweep(&orphans, &mut progress).await?;
-                if !json && total > 1 {
-                    eprintln!();
+                let swept = control.sweep(&orphans, &mut progress).await;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
                 }
+                swept?;
             }
             let left = if sweep { control.find_orphans().await? } else { orphans.clone() };
             if json {
@@ -284,6 +311,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
                     let what = match o.kind {
                         OrphanKind::Secret => format!("secret {}", o.path.as_deref().unwrap_or("?")),
                         OrphanKind::Key => format!("key {} ({}/{})", o.kid.as_deref().unwrap_or("?"), o.preview, o.service),
+                        OrphanKind::TransitKey => format!("transit key {}", o.transit_key.as_deref().unwrap_or("?")),
                     };
                     outln!("orphan {what}: {}{}", o.why, if sweep { " [swept]" } else { "" });
                 }

@@ -1,5 +1,7 @@
-//! `pvid proxy`: the sidecar. The private key is fetched once from the secret store at start
-//! (or read from a key file); the registry comes from a file that is reloaded when it changes.
+//! `pvid proxy`: the sidecar. Under sidecar custody the private key is fetched once from the
+//! secret store at start; under transit custody OpenBao Transit signs each new egress token (and
+//! tokens are cached until shortly before expiry). The registry comes from a file that is
+//! reloaded when it changes.
 
 use anyhow::anyhow;
 use clap::Args;
@@ -58,13 +60,14 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         .clone()
         .unwrap_or_else(|| pvid_control::registry_dir(home, a.preview.as_str()).join("registry.json"));
     // Egress needs this service's private key; inbound validation needs only public keys.
+    // Sidecar custody: the key is fetched once; transit custody: OpenBao signs each new token.
     let signing_key = if let (Some(_), Some(file)) = (a.egress, &a.key_file) {
-        Some(read_key_file(file, &a.preview, &a.service)?)
+        Some(Arc::new(read_key_file(file, &a.preview, &a.service)?) as Arc<dyn pvid_proxy::Signer>)
     } else if a.egress.is_some() {
         let control = context::open(home).await?;
-        let key = control.signing_key(&a.preview, &a.service).await?;
+        let signer = context::signer(&control, &a.preview, &a.service).await?;
         control.state().close().await;
-        Some(key.ok_or_else(|| invalid(anyhow!("no private key for {}/{}: is the preview provisioned?", a.preview, a.service)))?)
+        Some(signer.ok_or_else(|| invalid(anyhow!("no key for {}/{}: is the preview provisioned?", a.preview, a.service)))?)
     } else {
         None
     };

@@ -108,13 +108,13 @@ pub async fn run(home: &Path, a: RenderArgs) -> Result<i32, Failure> {
     let report = render_to(home, a.target, &spec, &id, &out, a.include_secrets, options).await?;
     if a.json {
         let files: Vec<_> = report.files.iter().map(|(p, s)| json!({"path": p, "secret": s})).collect();
-        println!(
+        outln!(
             "{}",
             json!({"target": a.target.as_str(), "preview": id, "out": out, "files": files, "warnings": report.warnings})
         );
     } else {
         let secret = report.files.iter().filter(|(_, s)| *s).count();
-        println!(
+        outln!(
             "{} for preview {id}: {} files in {}{}",
             a.target,
             report.files.len(),

@@ -5,7 +5,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use pvid_core::duration::parse_duration;
 use pvid_core::token::{DEFAULT_LEEWAY_S, MAX_TTL_S};
-use pvid_core::{Clock, Jwks, MintRequest, PreviewId, PreviewState, Registry, ServiceName, SystemClock, Verifier, service_identity};
+use pvid_core::{Clock, Jwks, KeyCustody, MintRequest, PreviewId, PreviewState, Registry, ServiceName, SystemClock, Verifier, service_identity};
 use serde_json::json;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,10 @@ pub struct MintArgs {
     /// Print this many tokens, one per line, each with its own jti (for load tests).
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Always sign a new token. Under transit custody a token is otherwise reused from
+    /// PVID_HOME/token-cache until 30 s before it expires (each signature is an OpenBao request).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// Arguments of `pvid token verify`.
@@ -98,17 +102,80 @@ async fn mint(home: &Path, a: MintArgs) -> Result<i32, Failure> {
     if ttl_s == 0 || ttl_s > MAX_TTL_S {
         return Err(invalid(anyhow!("--ttl must be between 1s and {MAX_TTL_S}s")));
     }
-    let key = control
-        .signing_key(&a.preview, &a.from)
+    let signer = context::signer(&control, &a.preview, &a.from)
         .await?
-        .ok_or_else(|| operational(anyhow!("no private key for {}/{} in the secret store", a.preview, a.from)))?;
-    let audience = service_identity(&a.preview, &a.to);
-    let req = MintRequest { from: &a.from, preview: &a.preview, audience: &audience, ttl_s, now: SystemClock.now() };
-    for _ in 0..a.count {
-        let token = pvid_core::mint(&key, &req).map_err(operational)?;
+        .ok_or_else(|| operational(anyhow!("no key for {}/{} in the secret store", a.preview, a.from)))?;
+    let transit = reg_custody(&control, &a.preview).await? == KeyCustody::Transit;
+    let now = SystemClock.now();
+    let cache = (transit && !a.no_cache && a.count == 1).then(|| token_cache::entry(home, &a.preview, &a.from, &a.to, ttl_s));
+    if let Some(token) = cache.as_ref().and_then(|c| c.load(signer.kid(), now)) {
         outln!("{token}");
+        return Ok(0);
+    }
+    let audience = service_identity(&a.preview, &a.to);
+    let req = MintRequest { from: &a.from, preview: &a.preview, audience: &audience, ttl_s, now };
+    for _ in 0..a.count {
+        let minted = pvid_proxy::mint_with(signer.as_ref(), &req).await.map_err(operational)?;
+        if let Some(c) = &cache {
+            // A cache that cannot be written costs a signature next time, nothing else.
+            let _ = c.store(signer.kid(), &minted);
+        }
+        outln!("{}", minted.token);
     }
     Ok(0)
+}
+
+async fn reg_custody(control: &pvid_control::Control, preview: &PreviewId) -> Result<KeyCustody, Failure> {
+    let rec = control.state().preview(preview).await?.ok_or_else(|| invalid(anyhow!("preview {preview} does not exist")))?;
+    Ok(rec.config.key_custody)
+}
+
+/// Removes a preview's cached tokens (after teardown they are refused anyway).
+pub fn forget_cached_tokens(home: &Path, preview: &PreviewId) {
+    let _ = std::fs::remove_dir_all(token_cache::dir(home, preview));
+}
+
+/// The token cache of `pvid token mint` under transit custody: one 0600 file per (caller,
+/// callee, lifetime) in `PVID_HOME/token-cache/<preview>/` (0700), holding the token, its `exp`
+/// and the kid that signed it. A token is reused only while that kid is still the caller's
+/// active key and until 30 s before `exp` (the sidecar's rule).
+mod token_cache {
+    use pvid_core::{PreviewId, ServiceName};
+    use pvid_proxy::Minted;
+    use pvid_proxy::signer::REFRESH_BEFORE_EXPIRY_S;
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::path::{Path, PathBuf};
+
+    pub fn dir(home: &Path, preview: &PreviewId) -> PathBuf {
+        home.join("token-cache").join(preview.as_str())
+    }
+
+    pub struct Entry {
+        file: PathBuf,
+    }
+
+    pub fn entry(home: &Path, preview: &PreviewId, from: &ServiceName, to: &ServiceName, ttl_s: u64) -> Entry {
+        Entry { file: dir(home, preview).join(format!("{from}--{to}--{ttl_s}.json")) }
+    }
+
+    impl Entry {
+        pub fn load(&self, kid: &str, now: f64) -> Option<String> {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&self.file).ok()?).ok()?;
+            let fresh = v["kid"] == kid && v["exp"].as_f64().is_some_and(|exp| now < exp - REFRESH_BEFORE_EXPIRY_S);
+            fresh.then(|| v["token"].as_str().map(str::to_owned)).flatten()
+        }
+
+        pub fn store(&self, kid: &str, minted: &Minted) -> std::io::Result<()> {
+            let dir = self.file.parent().unwrap_or(Path::new("."));
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            let tmp = self.file.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(serde_json::json!({"kid": kid, "exp": minted.exp, "token": minted.token}).to_string().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)
+        }
+    }
 }
 
 fn verify(a: VerifyArgs) -> Result<i32, Failure> {

@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Keep the temporary PVID_HOME (state, registry, decision logs) and print its path.
     #[arg(long)]
     keep: bool,
+    /// Key custody of the demo preview (default: the spec's, `sidecar`). `transit` needs
+    /// `--secrets openbao`: OpenBao signs every token and no sidecar holds a private key.
+    #[arg(long, value_name = "sidecar|transit")]
+    key_custody: Option<pvid_core::KeyCustody>,
 }
 
 /// One checked step of the scenario.
@@ -69,7 +73,12 @@ pub async fn run(a: DemoArgs) -> Result<i32, Failure> {
         Some(f) => (f.display().to_string(), std::fs::read_to_string(f).map_err(|e| invalid(anyhow!("{}: {e}", f.display())))?),
         None => ("examples/preview.yaml".to_owned(), EXAMPLE_SPEC.to_owned()),
     };
-    let spec = PreviewSpec::parse(&file, &text).map_err(invalid)?;
+    let mut spec = PreviewSpec::parse(&file, &text).map_err(invalid)?;
+    if let Some(custody) = a.key_custody {
+        custody.check_algorithm(spec.algorithm).map_err(|e| invalid(anyhow!("--key-custody {custody}: {e}")))?;
+        spec.key_custody = custody;
+    }
+    let custody = spec.key_custody;
     for needed in ["api", "worker", "webhooks", "payments"] {
         if !spec.services.iter().any(|s| s.name.as_str() == needed) {
             return Err(invalid(anyhow!("{file}: the demo needs a service named {needed}")));
@@ -88,6 +97,7 @@ pub async fn run(a: DemoArgs) -> Result<i32, Failure> {
         outln!(
             "{}",
             json!({"preview": demo.preview, "rows": rows, "passed": passed, "total": rows.len(),
+                   "key_custody": custody, "secrets": context::store_args().to_args()[1],
                    "ok": passed == rows.len(), "up_ms": demo.up_ms, "total_ms": total_ms,
                    "home": if a.keep { Some(home.display().to_string()) } else { None }})
         );
@@ -95,8 +105,9 @@ pub async fn run(a: DemoArgs) -> Result<i32, Failure> {
         print_table(&rows);
         outln!();
         outln!(
-            "{passed}/{} rows as expected. pvid up ({} services): {:.1} ms; whole demo: {:.1} s.",
+            "{passed}/{} rows as expected ({custody} custody, {} secrets). pvid up ({} services): {:.1} ms; whole demo: {:.1} s.",
             rows.len(),
+            context::store_args().to_args()[1],
             demo.services.len(),
             demo.up_ms,
             total_ms as f64 / 1000.0
@@ -200,6 +211,7 @@ impl Demo {
             let child = Command::new(&exe)
                 .arg("--home")
                 .arg(home)
+                .args(context::store_args().to_args())
                 .args(["proxy", "--preview", preview.as_str(), "--service", s.as_str()])
                 .args(["--listen", &inbound.to_string(), "--upstream", &echoes[s.as_str()].addr.to_string()])
                 .args(["--egress", &egress.to_string()])
@@ -296,14 +308,20 @@ impl Demo {
     async fn forge(&self, preview: &PreviewId, from: &str, audience: &str, now: f64) -> anyhow::Result<String> {
         let control = context::open(&self.home).await.map_err(|f| f.error)?;
         let from: ServiceName = from.parse().map_err(|e: String| anyhow!(e))?;
-        let key = control.signing_key(preview, &from).await?.ok_or_else(|| anyhow!("no key for {preview}/{from}"))?;
+        let signer = context::signer(&control, preview, &from).await.map_err(|f| f.error)?.ok_or_else(|| anyhow!("no key for {preview}/{from}"))?;
         control.state().close().await;
-        Ok(pvid_core::mint(&key, &MintRequest { from: &from, preview, audience, ttl_s: 300, now })?)
+        Ok(pvid_proxy::mint_with(signer.as_ref(), &MintRequest { from: &from, preview, audience, ttl_s: 300, now }).await?.token)
     }
 
     /// Runs `pvid` as a subprocess against the demo's home; returns exit code and stdout.
     async fn pvid(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
-        let out = Command::new(std::env::current_exe()?).arg("--home").arg(&self.home).args(args).output().await?;
+        let out = Command::new(std::env::current_exe()?)
+            .arg("--home")
+            .arg(&self.home)
+            .args(context::store_args().to_args())
+            .args(args)
+            .output()
+            .await?;
         Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
@@ -376,7 +394,9 @@ impl Demo {
         let mut last = None;
         for _ in 0..100 {
             let (rid, ans) = self.via_egress("api", "worker", "GET", "/jobs").await?;
-            let done = ans.status != 200;
+            // Until api's sidecar reloads, its cached token reaches worker's sidecar, which may
+            // already refuse it (401): wait for the caller's own refusal.
+            let done = ans.status == 503;
             last = Some((rid, ans));
             if done {
                 break;

@@ -42,6 +42,9 @@ struct Cli {
     #[arg(long, global = true, env = "PVID_HOME", default_value = ".pvid")]
     home: PathBuf,
 
+    #[command(flatten)]
+    store: context::StoreArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +121,7 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let home = cli.home;
+    context::configure(cli.store);
     match cli.command {
         Command::Up(a) => cmd_lifecycle::up(&home, a).await,
         Command::Down(a) => cmd_lifecycle::down(&home, a).await,

@@ -10,6 +10,7 @@ mod cli {
     mod lifecycle;
     mod secrets;
     mod render;
+    mod openbao;
     mod spec_errors;
     mod token_verify;
 }

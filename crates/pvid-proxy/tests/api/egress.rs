@@ -21,7 +21,7 @@ async fn chain() -> (Keys, Registry, World, Sidecar, Sidecar) {
 
     let mut config = world.config("api", Arc::new(FixedClock(NOW)));
     config.egress = Some("127.0.0.1:0".parse().unwrap());
-    config.signing_key = Some(clone_key(&keys.api));
+    config.signing_key = Some(Arc::new(clone_key(&keys.api)));
     let api = Sidecar::start(config).await;
     (keys, reg, world, payments, api)
 }

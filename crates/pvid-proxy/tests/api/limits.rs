@@ -288,7 +288,7 @@ async fn the_egress_listener_has_the_same_limits() {
     let world = World::new(&registry(&keys)).await;
     let mut config = world.config("api", std::sync::Arc::new(pvid_core::FixedClock(NOW)));
     config.egress = Some("127.0.0.1:0".parse().unwrap());
-    config.signing_key = Some(clone_key(&keys.api));
+    config.signing_key = Some(std::sync::Arc::new(clone_key(&keys.api)));
     let sidecar = Sidecar::start_with_limits(config, limits).await;
     let mut s = TcpStream::connect(sidecar.egress.unwrap()).await.unwrap();
     let raw = read_to_close(&mut s).await;

@@ -223,3 +223,22 @@ fn audit_export_writes_every_entry_of_the_preview_and_the_chain_head() {
     assert_eq!(events.iter().filter(|e| **e == "key.issued").count(), 4);
     assert_eq!(events.iter().filter(|e| **e == "secret.deleted").count(), 4);
 }
+
+#[test]
+fn transit_custody_with_the_local_store_is_an_input_error_and_creates_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let out = pvid(home.path(), &["up", "-f", example_spec().to_str().unwrap(), "--key-custody", "transit"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("key custody `transit` needs the openbao secret store (--secrets openbao)"), "{}", stderr(&out));
+    let show = json(&pvid(home.path(), &["show", "pr-482", "--json"]));
+    assert_eq!(show["state"], "torn_down", "rolled back: {show}");
+    assert_eq!(pvid(home.path(), &["audit", "orphans"]).status.code(), Some(0));
+}
+
+#[test]
+fn openbao_without_an_address_is_an_input_error_naming_the_variable() {
+    let home = tempfile::tempdir().unwrap();
+    let out = pvid_with(home.path(), &["ls", "--secrets", "openbao"], &[("BAO_ADDR", ""), ("VAULT_ADDR", "")], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("OpenBao address missing: set BAO_ADDR (or VAULT_ADDR)"), "{}", stderr(&out));
+}
