@@ -98,7 +98,7 @@ impl Control {
     /// `progress` is called after each one. Each preview's orphans are removed under its
     /// operation lock, and only those still orphaned then: a provision that finished after
     /// `orphans` was computed keeps its fresh key.
-    pub async fn sweep(&self, orphans: &[Orphan], progress: &mut dyn FnMut(usize)) -> Result<(), LifecycleError> {
+    pub async fn sweep(&self, orphans: &[Orphan], progress: &mut (dyn FnMut(usize) + Send)) -> Result<(), LifecycleError> {
         let mut done = 0;
         let previews: std::collections::BTreeSet<&str> = orphans.iter().map(|o| o.preview.as_str()).collect();
         for p in previews {
@@ -116,7 +116,7 @@ impl Control {
         preview: &pvid_core::PreviewId,
         orphans: &[Orphan],
         done: &mut usize,
-        progress: &mut dyn FnMut(usize),
+        progress: &mut (dyn FnMut(usize) + Send),
     ) -> Result<(), LifecycleError> {
         let still = self.find_orphans().await?;
         for o in orphans.iter().filter(|o| o.preview == preview.as_str()) {
