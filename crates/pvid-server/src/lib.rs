@@ -159,3 +159,13 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting and lets
+/// requests in flight finish (a long-poll ends at its wait).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -20,10 +20,15 @@ pub async fn run(state: Arc<AppState>, interval: Duration, mut stop: watch::Rece
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
             _ = ticks.tick() => once(&state).await,
         }
     }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, not in the caller's future.
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// One pass of the reaper.

@@ -8,8 +8,9 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::context;
+use crate::backend::Backend;
 use crate::exit::{Failure, NEGATIVE, invalid, operational};
+use crate::remote::ServerArgs;
 
 /// Arguments of `pvid up`.
 #[derive(Args, Debug)]
@@ -88,22 +89,24 @@ pub enum AuditCommand {
     },
 }
 
-/// Reads and parses a spec file; errors name the file, line and field (exit 2).
-pub fn read_spec(file: &Path) -> Result<PreviewSpec, Failure> {
+/// Reads and parses a spec file, keeping its text (sent as is to a control plane); errors name
+/// the file, line and field (exit 2).
+fn read_spec_text(file: &Path) -> Result<(PreviewSpec, String), Failure> {
     let text = std::fs::read_to_string(file).map_err(|e| invalid(anyhow!("cannot read spec {}: {e}", file.display())))?;
-    PreviewSpec::parse(&file.display().to_string(), &text).map_err(invalid)
+    let spec = PreviewSpec::parse(&file.display().to_string(), &text).map_err(invalid)?;
+    Ok((spec, text))
 }
 
-pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
-    let spec = read_spec(&a.file)?;
+pub async fn up(home: &Path, srv: &ServerArgs, a: UpArgs) -> Result<i32, Failure> {
+    let (spec, text) = read_spec_text(&a.file)?;
     let id = a.preview.or(spec.preview.clone()).ok_or_else(|| {
         invalid(anyhow!("{}: no preview id: set `preview:` in the spec or pass --preview", a.file.display()))
     })?;
-    let control = context::open(home).await?;
+    let backend = Backend::open(home, srv).await?;
     let started = Instant::now();
-    let outcome = control.provision(&id, &spec.config()).await?;
+    let (outcome, reg) = backend.provision(&id, &spec, &text).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let reg = control.registry(&id).await?;
+    let location = backend.registry_location(&id);
     let what = match outcome {
         ProvisionOutcome::AlreadyActive => "already_active",
         ProvisionOutcome::Created => "created",
@@ -118,7 +121,7 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
         println!(
             "{}",
             json!({"preview": id, "outcome": what, "state": reg.state, "version": reg.version, "services": services,
-                   "registry": pvid_control::registry_dir(home, id.as_str()).join("registry.json"), "elapsed_ms": elapsed_ms})
+                   "registry": location, "elapsed_ms": elapsed_ms})
         );
     } else {
         let verb = match outcome {
@@ -130,14 +133,13 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
         for (name, e) in &reg.services {
             println!("  {name:<12} kid {:<18} aud {}", e.kids.join(","), e.audience);
         }
-        println!("registry: {}", pvid_control::registry_dir(home, id.as_str()).join("registry.json").display());
+        println!("registry: {location}");
     }
     Ok(0)
 }
 
-pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let outcome = control.teardown(&a.id).await?;
+pub async fn down(home: &Path, srv: &ServerArgs, a: DownArgs) -> Result<i32, Failure> {
+    let outcome = Backend::open(home, srv).await?.teardown(&a.id).await?;
     let what = match outcome {
         TeardownOutcome::AlreadyTornDown => "already_torn_down",
         TeardownOutcome::TornDown => "torn_down",
@@ -152,9 +154,8 @@ pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let previews = control.state().previews().await?;
+pub async fn ls(home: &Path, srv: &ServerArgs, a: LsArgs) -> Result<i32, Failure> {
+    let previews = Backend::open(home, srv).await?.previews().await?;
     if a.json {
         let list: Vec<_> = previews
             .iter()
@@ -163,7 +164,7 @@ pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
             .collect();
         println!("{}", serde_json::Value::Array(list));
     } else if previews.is_empty() {
-        println!("no previews in {}", home.display());
+        println!("no previews in {}", srv.server.as_deref().filter(|s| !s.is_empty()).map_or_else(|| home.display().to_string(), str::to_owned));
     } else {
         println!("{:<20} {:<13} {:>8} {:>8}  {}", "PREVIEW", "STATE", "SERVICES", "VERSION", "UPDATED");
         for p in previews {
@@ -173,11 +174,8 @@ pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let rec = control.state().preview(&a.id).await?.ok_or_else(|| invalid(anyhow!("preview {} does not exist", a.id)))?;
-    let keys = control.state().keys(&a.id).await?;
-    let reg = control.registry(&a.id).await?;
+pub async fn show(home: &Path, srv: &ServerArgs, a: ShowArgs) -> Result<i32, Failure> {
+    let (rec, keys, reg) = Backend::open(home, srv).await?.show(&a.id).await?;
     if a.json {
         let services: Vec<_> = reg
             .services
@@ -220,38 +218,39 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub async fn jwks(home: &Path, a: IdArg) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let reg = control.registry(&a.id).await?;
+pub async fn jwks(home: &Path, srv: &ServerArgs, a: IdArg) -> Result<i32, Failure> {
+    let reg = Backend::open(home, srv).await?.registry(&a.id).await?;
     println!("{}", serde_json::to_string_pretty(&reg.jwks).map_err(operational)?);
     Ok(0)
 }
 
-pub async fn registry(home: &Path, a: IdArg) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let reg = control.registry(&a.id).await?;
+pub async fn registry(home: &Path, srv: &ServerArgs, a: IdArg) -> Result<i32, Failure> {
+    let reg = Backend::open(home, srv).await?.registry(&a.id).await?;
     println!("{}", serde_json::to_string_pretty(&reg).map_err(operational)?);
     Ok(0)
 }
 
-pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
+pub async fn audit(home: &Path, srv: &ServerArgs, a: AuditCommand) -> Result<i32, Failure> {
+    let backend = Backend::open(home, srv).await?;
     match a {
         AuditCommand::Orphans { sweep, json } => {
-            let orphans = control.find_orphans().await?;
-            if sweep && !orphans.is_empty() {
-                let total = orphans.len();
-                let mut progress = |done: usize| {
+            let (orphans, left) = if sweep {
+                let mut shown = false;
+                let mut progress = |done: usize, total: usize| {
                     if !json && total > 1 {
                         eprint!("\rsweeping orphans: {done}/{total}");
+                        shown = true;
                     }
                 };
-                control.sweep(&orphans, &mut progress).await?;
-                if !json && total > 1 {
+                let result = backend.sweep(&mut progress).await?;
+                if shown {
                     eprintln!();
                 }
-            }
-            let left = if sweep { control.find_orphans().await? } else { orphans.clone() };
+                result
+            } else {
+                let found = backend.orphans().await?;
+                (found.clone(), found)
+            };
             if json {
                 println!("{}", json!({"found": orphans, "swept": sweep, "remaining": left.len()}));
             } else if orphans.is_empty() {
@@ -270,7 +269,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             Ok(if left.is_empty() && (sweep || orphans.is_empty()) { 0 } else { NEGATIVE })
         }
         AuditCommand::Verify { json } => {
-            let entries = control.state().evidence(None).await?;
+            let entries = backend.evidence(None).await?;
             let result = pvid_store::evidence::verify_chain(&entries);
             let head = entries.last().map(|e| e.hash.clone());
             match (&result, json) {
@@ -282,7 +281,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             Ok(if result.is_ok() { 0 } else { NEGATIVE })
         }
         AuditCommand::Trail { id, json } => {
-            let entries = control.state().evidence(Some(&id)).await?;
+            let entries = backend.evidence(Some(&id)).await?;
             if entries.is_empty() {
                 return Err(invalid(anyhow!("no evidence for preview {id}")));
             }

@@ -2,13 +2,16 @@
 //! library crates together and maps errors to exit codes (see docs/cli.md).
 #![forbid(unsafe_code)]
 
+mod backend;
 mod cmd_lifecycle;
 mod cmd_proxy;
+mod cmd_serve;
 mod cmd_token;
 mod context;
 mod demo;
 mod exit;
 mod http_util;
+mod remote;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,6 +29,9 @@ struct Cli {
     /// Where pvid keeps its state (SQLite), local secrets and published registries.
     #[arg(long, global = true, env = "PVID_HOME", default_value = ".pvid")]
     home: PathBuf,
+
+    #[command(flatten)]
+    server: remote::ServerArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -64,6 +70,10 @@ enum Command {
     Proxy(cmd_proxy::ProxyArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
     Demo(demo::DemoArgs),
+    /// Run the control plane: the /v1 API, registry watch for sidecars, TTL reaper.
+    ///
+    /// Several replicas may share one PostgreSQL (--database); sidecars watch them all.
+    Serve(cmd_serve::ServeArgs),
 }
 
 fn main() {
@@ -89,15 +99,16 @@ fn main() {
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let home = cli.home;
     match cli.command {
-        Command::Up(a) => cmd_lifecycle::up(&home, a).await,
-        Command::Down(a) => cmd_lifecycle::down(&home, a).await,
-        Command::Ls(a) => cmd_lifecycle::ls(&home, a).await,
-        Command::Show(a) => cmd_lifecycle::show(&home, a).await,
-        Command::Jwks(a) => cmd_lifecycle::jwks(&home, a).await,
-        Command::Registry(a) => cmd_lifecycle::registry(&home, a).await,
-        Command::Audit(a) => cmd_lifecycle::audit(&home, a).await,
+        Command::Up(a) => cmd_lifecycle::up(&home, &cli.server, a).await,
+        Command::Down(a) => cmd_lifecycle::down(&home, &cli.server, a).await,
+        Command::Ls(a) => cmd_lifecycle::ls(&home, &cli.server, a).await,
+        Command::Show(a) => cmd_lifecycle::show(&home, &cli.server, a).await,
+        Command::Jwks(a) => cmd_lifecycle::jwks(&home, &cli.server, a).await,
+        Command::Registry(a) => cmd_lifecycle::registry(&home, &cli.server, a).await,
+        Command::Audit(a) => cmd_lifecycle::audit(&home, &cli.server, a).await,
         Command::Token(a) => cmd_token::run(&home, a).await,
         Command::Proxy(a) => cmd_proxy::run(&home, a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Serve(a) => cmd_serve::run(&home, a).await,
     }
 }
