@@ -5,6 +5,7 @@ mod cli {
 
     mod demo;
     mod lifecycle;
+    mod serve;
     mod spec_errors;
     mod token_verify;
 }
