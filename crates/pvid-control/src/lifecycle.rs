@@ -163,7 +163,10 @@ impl Control {
                 continue;
             }
             let n = mine.len() + 1;
-            let kid = format!("{}-{n}-{}", svc.name, random_suffix(3));
+            // Kids are unique across every preview of the state store (its primary key): a
+            // 10-character suffix (~51 bits) keeps thousands of previews of the same services
+            // clear of collisions (3 characters collided within a few hundred).
+            let kid = format!("{}-{n}-{}", svc.name, random_suffix(10));
             let key = SigningKey::generate(config.algorithm, kid.clone())
                 .map_err(|e| LifecycleError::KeyGen { service: svc.name.to_string(), reason: e.to_string() })?;
             self.state
