@@ -12,7 +12,7 @@ use crate::error::LifecycleError;
 use crate::lifecycle::Control;
 
 /// What kind of credential is orphaned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrphanKind {
     /// A key that is not revoked.
@@ -24,7 +24,7 @@ pub enum OrphanKind {
 }
 
 /// One orphaned credential.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Orphan {
     /// Secret or key.
     pub kind: OrphanKind,
@@ -141,38 +141,65 @@ impl Control {
     }
 
     /// Removes orphans: secrets deleted, keys revoked, each recorded in the evidence trail.
-    /// `progress` is called after each one.
-    pub async fn sweep(&self, orphans: &[Orphan], progress: &mut dyn FnMut(usize)) -> Result<(), LifecycleError> {
-        for (i, o) in orphans.iter().enumerate() {
-            match o.kind {
-                OrphanKind::Secret => {
-                    let preview: PreviewId = o.preview.parse().map_err(|_| LifecycleError::NotFound(o.preview.clone()))?;
-                    let service = o.service.parse().map_err(|_| LifecycleError::NotFound(o.service.clone()))?;
-                    self.secrets.delete(&SecretPath::private_key(&preview, &service)).await?;
-                }
-                OrphanKind::TransitKey => {
-                    if let (Some(t), Some(name)) = (self.secrets.transit(), &o.transit_key) {
-                        t.delete(name).await?;
-                    }
-                }
-                OrphanKind::Key => {
-                    if let Some(kid) = &o.kid {
-                        self.state.revoke_key(kid, "orphan swept").await?;
-                    }
-                }
-            }
+    /// `progress` is called after each one. Each preview's orphans are removed under its
+    /// operation lock, and only those still orphaned then: a provision that finished after
+    /// `orphans` was computed keeps its fresh key.
+    pub async fn sweep(&self, orphans: &[Orphan], progress: &mut (dyn FnMut(usize) + Send)) -> Result<(), LifecycleError> {
+        let mut done = 0;
+        let previews: std::collections::BTreeSet<&str> = orphans.iter().map(|o| o.preview.as_str()).collect();
+        for p in previews {
             // A Transit key whose name fits no preview id is recorded under the reserved id
             // `unknown` (a valid DNS label no pvid preview name collides with in practice).
-            let preview: PreviewId = o.preview.parse().or_else(|_| "unknown".parse()).map_err(|_| LifecycleError::NotFound(o.preview.clone()))?;
-            self.state
-                .append_evidence(
-                    &preview,
-                    "orphan.swept",
-                    json!({"kind": o.kind, "service": o.service, "kid": o.kid, "path": o.path, "transit_key": o.transit_key,
-                           "why": o.why, "store": self.secrets.kind()}),
-                )
-                .await?;
-            progress(i + 1);
+            let preview: PreviewId = p.parse().or_else(|_| "unknown".parse()).map_err(|_| LifecycleError::NotFound(p.to_owned()))?;
+            let lock = self.state.lock_preview(&preview).await?;
+            let result = self.sweep_locked(p, &preview, orphans, &mut done, progress).await;
+            lock.release().await;
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn sweep_locked(
+        &self,
+        name: &str,
+        preview: &PreviewId,
+        orphans: &[Orphan],
+        done: &mut usize,
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<(), LifecycleError> {
+        let still = self.find_orphans().await?;
+        for o in orphans.iter().filter(|o| o.preview == name) {
+            let current = still
+                .iter()
+                .any(|s| s.kind == o.kind && s.service == o.service && s.kid == o.kid && s.path == o.path && s.transit_key == o.transit_key);
+            if current {
+                match o.kind {
+                    OrphanKind::Secret => {
+                        let service = o.service.parse().map_err(|_| LifecycleError::NotFound(o.service.clone()))?;
+                        self.secrets.delete(&SecretPath::private_key(preview, &service)).await?;
+                    }
+                    OrphanKind::TransitKey => {
+                        if let (Some(t), Some(key)) = (self.secrets.transit(), &o.transit_key) {
+                            t.delete(key).await?;
+                        }
+                    }
+                    OrphanKind::Key => {
+                        if let Some(kid) = &o.kid {
+                            self.state.revoke_key(kid, "orphan swept").await?;
+                        }
+                    }
+                }
+                self.state
+                    .append_evidence(
+                        preview,
+                        "orphan.swept",
+                        json!({"kind": o.kind, "service": o.service, "kid": o.kid, "path": o.path, "transit_key": o.transit_key,
+                               "why": o.why, "store": self.secrets.kind()}),
+                    )
+                    .await?;
+            }
+            *done += 1;
+            progress(*done);
         }
         Ok(())
     }

@@ -137,7 +137,18 @@ impl Control {
     /// Provisions a preview: a fresh key pair per service, private keys into the secret store,
     /// public keys into the registry. Idempotent; completes an interrupted run; on failure,
     /// removes what this run wrote.
+    ///
+    /// Holds the preview's operation lock throughout, so a concurrent provision or teardown of
+    /// the same preview (in this process, another process, or another replica on the same
+    /// PostgreSQL) runs before or after it, never interleaved.
     pub async fn provision(&self, id: &PreviewId, config: &PreviewConfig) -> Result<ProvisionOutcome, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = self.provision_locked(id, config).await;
+        lock.release().await;
+        result
+    }
+
+    async fn provision_locked(&self, id: &PreviewId, config: &PreviewConfig) -> Result<ProvisionOutcome, LifecycleError> {
         let existing = self.state.preview(id).await?;
         let outcome = match &existing {
             Some(rec) if rec.state == PreviewState::Active => {
@@ -221,7 +232,10 @@ impl Control {
                 continue;
             }
             let n = mine.len() + 1;
-            let kid = format!("{}-{n}-{}", svc.name, random_suffix(3));
+            // Kids are unique across every preview of the state store (its primary key): a
+            // 10-character suffix (~51 bits) keeps thousands of previews of the same services
+            // clear of collisions (3 characters collided within a few hundred).
+            let kid = format!("{}-{n}-{}", svc.name, random_suffix(10));
             let key = SigningKey::generate(config.algorithm, kid.clone())
                 .map_err(|e| LifecycleError::KeyGen { service: svc.name.to_string(), reason: e.to_string() })?;
             self.state
@@ -378,8 +392,51 @@ impl Control {
     }
 
     /// Tears a preview down: registry refuses at once, keys revoked, secrets deleted and proven
-    /// gone. Idempotent; a re-run after an interruption completes it.
+    /// gone. Idempotent; a re-run after an interruption completes it. Holds the preview's
+    /// operation lock throughout (see [`Control::provision`]).
     pub async fn teardown(&self, id: &PreviewId) -> Result<TeardownOutcome, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = self.teardown_locked(id).await;
+        lock.release().await;
+        result
+    }
+
+    /// Tears down a preview whose TTL ran out: the same teardown as [`Control::teardown`], after
+    /// checking, under the preview's lock, that it is still active and expired at `now` (so that
+    /// of several replicas reaping at once exactly one does it, and a preview provisioned again
+    /// meanwhile is left alone). Records `preview.expired` with `reaper` (who reaped it) first.
+    /// Returns `None` when there was nothing to reap.
+    pub async fn reap(&self, id: &PreviewId, now: i64, reaper: &str) -> Result<Option<TeardownOutcome>, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = async {
+            let Some(rec) = self.state.preview(id).await? else { return Ok(None) };
+            let expired = rec.state == PreviewState::Active && rec.expires_at.is_some_and(|t| t <= now);
+            if !expired {
+                return Ok(None);
+            }
+            self.state
+                .append_evidence(id, "preview.expired", json!({"expires_at": rec.expires_at, "reaped_by": reaper, "version": rec.version}))
+                .await?;
+            self.teardown_locked(id).await.map(Some)
+        }
+        .await;
+        lock.release().await;
+        result
+    }
+
+    /// Reaps every active preview whose TTL ran out at or before `now` (see [`Control::reap`]).
+    /// Returns the previews this call tore down.
+    pub async fn reap_expired(&self, now: i64, reaper: &str) -> Result<Vec<PreviewId>, LifecycleError> {
+        let mut reaped = Vec::new();
+        for id in self.state.expired_previews(now).await? {
+            if self.reap(&id, now, reaper).await? == Some(TeardownOutcome::TornDown) {
+                reaped.push(id);
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn teardown_locked(&self, id: &PreviewId) -> Result<TeardownOutcome, LifecycleError> {
         let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
         if rec.state == PreviewState::TornDown
             && self.secrets_of(id).await?.is_empty()

@@ -82,7 +82,9 @@ pub fn write_registry_files(home: &Path, reg: &Registry) -> Result<(), Lifecycle
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
+    // A name of its own per writer: replicas sharing a PVID_HOME must not rename each other's
+    // half-written file.
+    let tmp = path.with_extension(format!("json.{}-{}.tmp", std::process::id(), pvid_core::key::random_suffix(6)));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.write_all(b"\n")?;

@@ -59,6 +59,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let started = Instant::now();
     let now = shared.clock.now();
     let request_id = headers::request_id(req.headers());
+    if let Some(refused) = shared.refuse_if_registry_unavailable("auth.mint", req.method(), req.uri().path(), &request_id).await {
+        return refused;
+    }
     let snapshot = shared.registry.load();
     let (callee, path, prepared) = match parse_target(req.method(), req.uri()) {
         Err(f) => (None, clip_field(req.uri().path()), Err(f)),

@@ -42,8 +42,16 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let started = Instant::now();
     let now = shared.clock.now();
     let request_id = headers::request_id(req.headers());
+    if let Some(refused) =
+        shared.refuse_if_registry_unavailable("auth.validate", req.method(), req.uri().path(), &request_id).await
+    {
+        return refused;
+    }
     let snapshot = shared.registry.load();
     let outcome = decide(&shared, &snapshot, &req, now);
+    if let Outcome::Deny { reason: ReasonCode::UnknownKid, .. } = &outcome {
+        shared.unknown_kid_seen();
+    }
 
     let event = decision_event(&shared, &snapshot, &req, &outcome, &request_id, now, started);
     shared.metrics.decision(event.reason, event.latency_us);

@@ -7,8 +7,10 @@
 //! - **Egress** (`egress.rs`, optional): the app's own outbound calls get a token minted for the
 //!   callee and are forwarded to the callee's address from the registry. Tokens are signed by a
 //!   [`Signer`] (`signer.rs`): the service's own key, or OpenBao Transit (feature `openbao`).
-//! - **Registry** (`registry_watch.rs`): loaded from a file at start (an error if missing or
-//!   invalid), then polled; a failed reload never replaces the last good registry.
+//! - **Registry** (`registry_watch.rs`, `registry_source.rs`): loaded from a file or from the
+//!   control plane at start (an error if missing or invalid), then watched (file polled, or HTTP
+//!   long-poll failing over between replicas); a failed reload never replaces the last good
+//!   registry, and a registry no replica could confirm for too long fails closed.
 //! - **Decision log** (`log.rs`): exactly one JSON line per request, written before the response
 //!   leaves, never holding a token.
 //! - **Admin** (`admin.rs`, optional): `/healthz` (registry in force, this host's clock) and
@@ -27,6 +29,7 @@ mod inbound;
 mod limits;
 mod log;
 mod metrics;
+mod registry_source;
 mod registry_watch;
 mod respond;
 mod server;
@@ -47,6 +50,7 @@ pub use crate::limits::Limits;
 pub use crate::signer::{MintCache, Minted, SignError, Signer, mint_with};
 #[cfg(feature = "openbao")]
 pub use crate::signer::TransitSigner;
+pub use crate::registry_source::{DEFAULT_MAX_STALE, DEFAULT_WAIT, HttpRegistry, REFETCH_INTERVAL, RegistrySource};
 
 use crate::server::Role;
 use crate::shared::Shared;
@@ -72,8 +76,9 @@ pub struct ProxyConfig {
     pub upstream: SocketAddr,
     /// Egress listener for the app's own outbound calls; `None` disables egress.
     pub egress: Option<SocketAddr>,
-    /// The registry file (`registry.json`); reloaded when its content changes.
-    pub registry: PathBuf,
+    /// Where the registry comes from: a `registry.json` file (reloaded when its content changes)
+    /// or the control plane's replicas (long-polled, failing over; see [`RegistrySource`]).
+    pub registry: RegistrySource,
     /// Signs this service's egress tokens: its private key ([`pvid_core::SigningKey`], sidecar
     /// custody) or a [`TransitSigner`] (transit custody, feature `openbao`).
     pub signing_key: Option<Arc<dyn Signer>>,
@@ -121,6 +126,14 @@ pub enum ProxyError {
         /// The registry file.
         path: PathBuf,
         /// What was wrong with it.
+        reason: String,
+    },
+    /// No control-plane replica gave a usable registry at start.
+    #[error("cannot fetch the registry from {urls}: {reason}")]
+    FetchRegistry {
+        /// The base URLs tried.
+        urls: String,
+        /// What each answered.
         reason: String,
     },
     /// The log file could not be opened for appending.

@@ -1,4 +1,5 @@
-//! The registry in force and the watcher that reloads it from its file.
+//! The registry in force and the watcher that reloads it: from its file (below), or from the
+//! control plane over HTTP (`registry_source.rs` fetches; [`watch_http`] loops).
 //!
 //! The file is read every [`POLL_INTERVAL`] and its SHA-256 compared with the one in force (mtime
 //! and length miss a same-size rewrite within the timestamp granularity; the files are small).
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::log::{RegistryEvent, clip_detail, rfc3339_millis};
+use crate::registry_source::{Fetched, HttpWatch, MAX_BACKOFF, RegistrySource};
 use crate::server::stopped;
 use crate::shared::Shared;
 
@@ -115,7 +117,10 @@ impl Shared {
             event,
             preview_id: self.preview.as_str(),
             service: self.service.as_str(),
-            path: self.registry_path.display().to_string(),
+            path: match &self.http {
+                Some(h) => h.base().to_owned(),
+                None => self.registry_source.describe(),
+            },
             registry_version: current.registry.version,
             previous_version,
             state: current.registry.state.as_str(),
@@ -125,7 +130,8 @@ impl Shared {
 
     /// Checks the file once; reloads when its content changed.
     async fn poll_registry(&self, last_failure: &mut Option<Failure>) {
-        let bytes = match tokio::fs::read(&self.registry_path).await {
+        let RegistrySource::File(path) = &self.registry_source else { return };
+        let bytes = match tokio::fs::read(path).await {
             Ok(b) => b,
             Err(e) => {
                 let failure = Failure::Read(e.kind());
@@ -181,7 +187,7 @@ impl Shared {
     }
 
     /// Puts a new snapshot in force and forgets what it invalidates.
-    async fn apply(&self, next: Snapshot) {
+    pub(crate) async fn apply(&self, next: Snapshot) {
         let next = Arc::new(next);
         let previous = self.registry.store(next.clone());
         if let Some(cache) = &self.cache {
@@ -195,8 +201,99 @@ impl Shared {
     }
 }
 
+/// Watches the registry source until `stop` turns true.
+pub(crate) async fn watch(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    if shared.http.is_some() {
+        watch_http(shared, stop).await;
+    } else {
+        watch_file(shared, stop).await;
+    }
+}
+
+/// Long-polls the control plane until `stop` turns true, failing over between replicas.
+async fn watch_http(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let Some(http) = shared.http.as_ref() else { return };
+    let mut last_failure: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let known = shared.registry.load().registry.version;
+        let result = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            r = http.fetch(&shared.preview, Some(known), Some(http.config.wait)) => r,
+            _ = http.refetch.notified() => {
+                let line = shared.registry_event("registry.refetch", &shared.registry.load(), None, Some("unknown kid".into()));
+                shared.log.record(&line).await;
+                http.fetch(&shared.preview, Some(known), None).await
+            }
+        };
+        let failure = match result {
+            Ok(Fetched::NotModified) => None,
+            Ok(Fetched::New(bytes)) => match Snapshot::parse(&bytes, &shared.preview, &shared.service) {
+                Ok(next) => {
+                    shared.apply(next).await;
+                    None
+                }
+                Err(e) => Some(format!("{}: {e}", http.base())),
+            },
+            Err(e) => Some(e),
+        };
+        match failure {
+            None => {
+                http.mark_ok();
+                if last_failure.take().is_some() {
+                    let line = shared.registry_event("registry.recovered", &shared.registry.load(), None, None);
+                    shared.log.record(&line).await;
+                }
+                backoff = Duration::from_millis(100);
+            }
+            Some(e) => {
+                if last_failure.as_deref() != Some(e.as_str()) {
+                    let current = shared.registry.load();
+                    let detail = clip_detail(&format!("{e}; keeping version {}", current.registry.version));
+                    let line = shared.registry_event("registry.fetch_failed", &current, None, Some(detail));
+                    shared.log.record(&line).await;
+                    last_failure = Some(e);
+                }
+                http.fail_over();
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Fetches the first registry at start, trying each replica in turn for up to `patience`.
+pub(crate) async fn first_fetch(http: &HttpWatch, preview: &PreviewId, service: &ServiceName, patience: Duration) -> Result<Snapshot, String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut errors = Vec::new();
+    loop {
+        for _ in 0..http.config.bases.len() {
+            match http.fetch(preview, None, None).await {
+                Ok(Fetched::New(bytes)) => match Snapshot::parse(&bytes, preview, service) {
+                    Ok(s) => {
+                        http.mark_ok();
+                        return Ok(s);
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", http.base())),
+                },
+                Ok(Fetched::NotModified) => errors.push(format!("{}: 304 without a version asked", http.base())),
+                Err(e) => errors.push(e),
+            }
+            http.fail_over();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            errors.dedup();
+            return Err(errors.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Polls the registry file until `stop` turns true.
-pub(crate) async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn watch_file(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_failure = None;

@@ -2,7 +2,6 @@
 //! registry snapshot, the caches, the pooled HTTP client and the log sink.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +15,14 @@ use crate::cache::TokenCache;
 use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
 use crate::metrics::Metrics;
-use crate::registry_watch::{RegistryHandle, Snapshot};
+use crate::registry_source::{HttpWatch, RegistrySource};
+use crate::registry_watch::{RegistryHandle, Snapshot, first_fetch};
 use crate::{ProxyConfig, ProxyError};
 
 /// Entries the verified-token cache holds at most.
 pub(crate) const TOKEN_CACHE_CAPACITY: usize = 10_000;
+/// How long a sidecar starting with an HTTP registry source waits for a replica to answer.
+const FIRST_FETCH_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a TCP connect to the upstream or a callee may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled connection is kept.
@@ -36,7 +38,9 @@ pub(crate) struct Shared {
     /// `preview-<id>-<svc>`: this service's audience (the `expected_aud` of log lines).
     pub identity: String,
     pub upstream: SocketAddr,
-    pub registry_path: PathBuf,
+    pub registry_source: RegistrySource,
+    /// The control-plane watcher's state, when the registry comes over HTTP.
+    pub http: Option<HttpWatch>,
     pub clock: Arc<dyn Clock>,
     pub log: LogSink,
     pub registry: RegistryHandle,
@@ -51,12 +55,23 @@ impl Shared {
     /// Opens the log and loads the registry; any failure here stops the sidecar from starting.
     pub(crate) async fn start(config: ProxyConfig) -> Result<Shared, ProxyError> {
         let log = LogSink::open(&config.log)?;
-        let bytes = tokio::fs::read(&config.registry).await.map_err(|e| ProxyError::LoadRegistry {
-            path: config.registry.clone(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        let snapshot = Snapshot::parse(&bytes, &config.preview, &config.service)
-            .map_err(|reason| ProxyError::LoadRegistry { path: config.registry.clone(), reason })?;
+        let (snapshot, http) = match &config.registry {
+            RegistrySource::File(path) => {
+                let bytes = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| ProxyError::LoadRegistry { path: path.clone(), reason: format!("cannot read: {e}") })?;
+                let snapshot = Snapshot::parse(&bytes, &config.preview, &config.service)
+                    .map_err(|reason| ProxyError::LoadRegistry { path: path.clone(), reason })?;
+                (snapshot, None)
+            }
+            RegistrySource::Http(h) => {
+                let http = HttpWatch::new(h.clone());
+                let snapshot = first_fetch(&http, &config.preview, &config.service, FIRST_FETCH_PATIENCE)
+                    .await
+                    .map_err(|reason| ProxyError::FetchRegistry { urls: h.bases.join(","), reason })?;
+                (snapshot, Some(http))
+            }
+        };
 
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -71,7 +86,8 @@ impl Shared {
             preview: config.preview,
             service: config.service,
             upstream: config.upstream,
-            registry_path: config.registry,
+            registry_source: config.registry,
+            http,
             clock: config.clock,
             log,
             registry: RegistryHandle::new(Arc::new(snapshot)),

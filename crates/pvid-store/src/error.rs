@@ -15,6 +15,23 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// Connecting to or migrating a state database server failed.
+    #[error("cannot open state database {url}")]
+    OpenDatabase {
+        /// The database URL, password redacted.
+        url: String,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Taking a preview's operation lock failed.
+    #[error("cannot lock preview {preview}: {detail}")]
+    Lock {
+        /// The preview.
+        preview: String,
+        /// Why.
+        detail: String,
+    },
     /// A query on the state database failed.
     #[error("state store: {operation} failed")]
     Query {

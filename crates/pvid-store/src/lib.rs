@@ -1,6 +1,7 @@
 //! pvid-store: where pvid keeps what it knows.
 //!
-//! - [`state`]: the state store (previews, public keys, evidence trail) in SQLite;
+//! - [`state`]: the state store (previews, public keys, evidence trail) in SQLite or PostgreSQL,
+//!   with per-preview operation locks ([`PreviewLock`]);
 //! - [`secret`]: the secret store for private keys, behind the [`SecretStore`] trait, with the
 //!   embedded [`LocalSecretStore`] (AES-256-GCM at rest, master key in a 0600 file);
 //! - [`evidence`]: the hash chain of the evidence trail;
@@ -12,6 +13,8 @@
 
 pub mod error;
 pub mod evidence;
+mod lock;
+mod migrations;
 pub mod secret;
 pub mod state;
 pub mod transit;
@@ -24,4 +27,5 @@ pub use secret::{LocalSecretStore, SecretMeta, SecretPath, SecretStore, StoredKe
 pub use transit::{TransitKeyName, TransitKeys, TransitPublicKey};
 #[cfg(feature = "openbao")]
 pub use openbao::OpenBaoSecretStore;
-pub use state::{KeyRecord, KeyState, PreviewRecord, StateStore};
+pub use lock::PreviewLock;
+pub use state::{Backend, KeyRecord, KeyState, PreviewRecord, StateStore};

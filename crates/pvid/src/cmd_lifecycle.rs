@@ -8,8 +8,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::backend::Backend;
 use crate::context;
 use crate::exit::{Failure, NEGATIVE, invalid, operational};
+use crate::remote::ServerArgs;
 
 /// Arguments of `pvid up`.
 #[derive(Args, Debug)]
@@ -111,26 +113,35 @@ const SWEEP_BAR_THRESHOLD: usize = 5;
 
 /// Reads and parses a spec file; errors name the file, line and field (exit 2).
 pub fn read_spec(file: &Path) -> Result<PreviewSpec, Failure> {
-    let text = std::fs::read_to_string(file).map_err(|e| invalid(anyhow!("cannot read spec {}: {e}", file.display())))?;
-    PreviewSpec::parse(&file.display().to_string(), &text).map_err(invalid)
+    Ok(read_spec_text(file)?.0)
 }
 
-pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
-    let mut spec = read_spec(&a.file)?;
+/// Reads and parses a spec file, keeping its text (sent as is to a control plane); errors name
+/// the file, line and field (exit 2).
+fn read_spec_text(file: &Path) -> Result<(PreviewSpec, String), Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| invalid(anyhow!("cannot read spec {}: {e}", file.display())))?;
+    let spec = PreviewSpec::parse(&file.display().to_string(), &text).map_err(invalid)?;
+    Ok((spec, text))
+}
+
+pub async fn up(home: &Path, srv: &ServerArgs, a: UpArgs) -> Result<i32, Failure> {
+    let (mut spec, text) = read_spec_text(&a.file)?;
     if let Some(custody) = a.key_custody {
+        if srv.is_remote() {
+            return Err(invalid(anyhow!("--key-custody applies to the embedded stores; with --server set `key_custody:` in the spec")));
+        }
         custody.check_algorithm(spec.algorithm).map_err(|e| invalid(anyhow!("--key-custody {custody}: {e}")))?;
         spec.key_custody = custody;
     }
     let id = a.preview.or(spec.preview.clone()).ok_or_else(|| {
         invalid(anyhow!("{}: no preview id: set `preview:` in the spec or pass --preview", a.file.display()))
     })?;
-    let _lock = context::lock(home, true)?;
-    let control = context::open_or_create(home).await?;
+    let _lock = local_lock(home, srv, true)?;
+    let backend = Backend::open_or_create(home, srv).await?;
     let started = Instant::now();
-    let outcome = control.provision(&id, &spec.config()).await?;
+    let (outcome, reg) = backend.provision(&id, &spec, &text).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let reg = control.registry(&id).await?;
-    control.state().close().await;
+    let location = backend.registry_location(&id);
     if let Some(dir) = &a.compose {
         let options = pvid_render::RenderOptions::default();
         crate::cmd_render::render_to(home, pvid_render::Target::Compose, &spec, &id, dir, true, options).await?;
@@ -149,8 +160,8 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
         outln!(
             "{}",
             json!({"preview": id, "outcome": what, "state": reg.state, "version": reg.version, "services": services,
-                   "key_custody": spec.key_custody, "secrets": control.secrets().kind(),
-                   "registry": pvid_control::registry_dir(home, id.as_str()).join("registry.json"), "elapsed_ms": elapsed_ms})
+                   "key_custody": spec.key_custody, "secrets": backend.secrets_kind(),
+                   "registry": location, "elapsed_ms": elapsed_ms})
         );
     } else {
         let verb = match outcome {
@@ -163,15 +174,14 @@ pub async fn up(home: &Path, a: UpArgs) -> Result<i32, Failure> {
         for (name, e) in &reg.services {
             outln!("  {name:<12} kid {:<18} aud {}", e.kids.join(","), e.audience);
         }
-        outln!("registry: {}", pvid_control::registry_dir(home, id.as_str()).join("registry.json").display());
+        outln!("registry: {location}");
     }
     Ok(0)
 }
 
-pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
-    let _lock = context::lock(home, false)?;
-    let control = context::open(home).await?;
-    let outcome = control.teardown(&a.id).await?;
+pub async fn down(home: &Path, srv: &ServerArgs, a: DownArgs) -> Result<i32, Failure> {
+    let _lock = local_lock(home, srv, false)?;
+    let outcome = Backend::open(home, srv).await?.teardown(&a.id).await?;
     crate::cmd_token::forget_cached_tokens(home, &a.id);
     let what = match outcome {
         TeardownOutcome::AlreadyTornDown => "already_torn_down",
@@ -187,9 +197,8 @@ pub async fn down(home: &Path, a: DownArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let previews = control.state().previews().await?;
+pub async fn ls(home: &Path, srv: &ServerArgs, a: LsArgs) -> Result<i32, Failure> {
+    let previews = Backend::open(home, srv).await?.previews().await?;
     if a.json {
         let list: Vec<_> = previews
             .iter()
@@ -198,7 +207,7 @@ pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
             .collect();
         outln!("{}", serde_json::Value::Array(list));
     } else if previews.is_empty() {
-        outln!("no previews in {}", home.display());
+        outln!("no previews in {}", srv.server.as_deref().filter(|s| !s.is_empty()).map_or_else(|| home.display().to_string(), str::to_owned));
     } else {
         outln!("{:<20} {:<13} {:>8} {:>8}  {}", "PREVIEW", "STATE", "SERVICES", "VERSION", "UPDATED");
         for p in previews {
@@ -208,11 +217,9 @@ pub async fn ls(home: &Path, a: LsArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let rec = control.state().preview(&a.id).await?.ok_or_else(|| invalid(anyhow!("preview {} does not exist", a.id)))?;
-    let keys = control.state().keys(&a.id).await?;
-    let reg = control.registry(&a.id).await?;
+pub async fn show(home: &Path, srv: &ServerArgs, a: ShowArgs) -> Result<i32, Failure> {
+    let backend = Backend::open(home, srv).await?;
+    let (rec, keys, reg) = backend.show(&a.id).await?;
     if a.json {
         let services: Vec<_> = reg
             .services
@@ -232,14 +239,14 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
         outln!(
             "{}",
             json!({"preview": rec.id, "state": rec.state, "version": rec.version, "algorithm": rec.config.algorithm,
-                   "key_custody": rec.config.key_custody, "secrets": control.secrets().location(),
+                   "key_custody": rec.config.key_custody, "secrets": backend.secrets_location(),
                    "token_ttl_s": rec.config.token_ttl_s, "created_at": rfc3339(rec.created_at), "updated_at": rfc3339(rec.updated_at),
                    "expires_at": rec.expires_at.map(rfc3339), "services": services, "policy": policy})
         );
         return Ok(0);
     }
     outln!("preview {}  state {}  version {}  algorithm {}  token ttl {}s", rec.id, rec.state, rec.version, rec.config.algorithm, rec.config.token_ttl_s);
-    outln!("key custody {}  secrets {}", rec.config.key_custody, control.secrets().location());
+    outln!("key custody {}  secrets {}", rec.config.key_custody, backend.secrets_location());
     outln!("{:<12} {:<28} {:<22} {:<10} {}", "SERVICE", "ISSUER / AUDIENCE", "KID", "KEY", "ADDRESS");
     for (name, e) in &reg.services {
         let mine: Vec<_> = keys.iter().filter(|k| &k.service == name).collect();
@@ -257,51 +264,50 @@ pub async fn show(home: &Path, a: ShowArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub async fn jwks(home: &Path, a: IdArg) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let reg = control.registry(&a.id).await?;
+pub async fn jwks(home: &Path, srv: &ServerArgs, a: IdArg) -> Result<i32, Failure> {
+    let reg = Backend::open(home, srv).await?.registry(&a.id).await?;
     outln!("{}", serde_json::to_string_pretty(&reg.jwks).map_err(operational)?);
     Ok(0)
 }
 
-pub async fn registry(home: &Path, a: IdArg) -> Result<i32, Failure> {
-    let control = context::open(home).await?;
-    let reg = control.registry(&a.id).await?;
+pub async fn registry(home: &Path, srv: &ServerArgs, a: IdArg) -> Result<i32, Failure> {
+    let reg = Backend::open(home, srv).await?.registry(&a.id).await?;
     outln!("{}", serde_json::to_string_pretty(&reg).map_err(operational)?);
     Ok(0)
 }
 
-pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
+pub async fn audit(home: &Path, srv: &ServerArgs, a: AuditCommand) -> Result<i32, Failure> {
     // The orphan audit must not see a provision or teardown half-way.
-    let _lock = matches!(a, AuditCommand::Orphans { .. }).then(|| context::lock(home, false)).transpose()?;
-    let control = context::open(home).await?;
+    let _lock = if matches!(a, AuditCommand::Orphans { .. }) { local_lock(home, srv, false)? } else { None };
+    let backend = Backend::open(home, srv).await?;
     match a {
         AuditCommand::Orphans { sweep, json } => {
-            let orphans = control.find_orphans().await?;
-            if sweep && !orphans.is_empty() {
-                let total = orphans.len();
+            let (orphans, left) = if sweep {
                 // A bar on stderr when there are many; indicatif draws nothing when stderr is
                 // not a terminal, so scripts and --json output stay clean.
-                let bar = (!json && total >= SWEEP_BAR_THRESHOLD).then(|| {
-                    let bar = indicatif::ProgressBar::new(total as u64);
-                    bar.set_style(
-                        indicatif::ProgressStyle::with_template("sweeping orphans {bar:30} {pos}/{len} {elapsed}")
-                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                    );
-                    bar
-                });
-                let mut progress = |done: usize| {
-                    if let Some(b) = &bar {
+                let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
+                let mut progress = |done: usize, total: usize| {
+                    if !json && total >= SWEEP_BAR_THRESHOLD {
+                        let b = bar.get_or_init(|| {
+                            let b = indicatif::ProgressBar::new(total as u64);
+                            b.set_style(
+                                indicatif::ProgressStyle::with_template("sweeping orphans {bar:30} {pos}/{len} {elapsed}")
+                                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                            );
+                            b
+                        });
                         b.set_position(done as u64);
                     }
                 };
-                let swept = control.sweep(&orphans, &mut progress).await;
-                if let Some(b) = bar {
+                let result = backend.sweep(&mut progress).await;
+                if let Some(b) = bar.get() {
                     b.finish_and_clear();
                 }
-                swept?;
-            }
-            let left = if sweep { control.find_orphans().await? } else { orphans.clone() };
+                result?
+            } else {
+                let found = backend.orphans().await?;
+                (found.clone(), found)
+            };
             if json {
                 outln!("{}", json!({"found": orphans, "swept": sweep, "remaining": left.len()}));
             } else if orphans.is_empty() {
@@ -321,7 +327,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             Ok(if left.is_empty() && (sweep || orphans.is_empty()) { 0 } else { NEGATIVE })
         }
         AuditCommand::Verify { json } => {
-            let entries = control.state().evidence(None).await?;
+            let entries = backend.evidence(None).await?;
             let result = pvid_store::evidence::verify_chain(&entries);
             let head = entries.last().map(|e| e.hash.clone());
             match (&result, json) {
@@ -333,7 +339,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             Ok(if result.is_ok() { 0 } else { NEGATIVE })
         }
         AuditCommand::Export { id, out } => {
-            let all = control.state().evidence(None).await?;
+            let all = backend.evidence(None).await?;
             let chain = pvid_store::evidence::verify_chain(&all);
             let mine: Vec<_> = all.iter().filter(|e| e.preview_id == id.as_str()).collect();
             if mine.is_empty() {
@@ -361,7 +367,7 @@ pub async fn audit(home: &Path, a: AuditCommand) -> Result<i32, Failure> {
             Ok(if chain.is_ok() { 0 } else { NEGATIVE })
         }
         AuditCommand::Trail { id, json } => {
-            let entries = control.state().evidence(Some(&id)).await?;
+            let entries = backend.evidence(Some(&id)).await?;
             if entries.is_empty() {
                 return Err(invalid(anyhow!("no evidence for preview {id}")));
             }
@@ -385,4 +391,9 @@ pub fn rfc3339(unix: i64) -> String {
 fn rfc3339_ms(ms: i64) -> String {
     let secs = pvid_core::explain::rfc3339(ms.div_euclid(1000));
     format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
+/// The PVID_HOME lock of a command that changes local state; a control plane locks for itself.
+fn local_lock(home: &Path, srv: &ServerArgs, create: bool) -> Result<Option<context::HomeLock>, Failure> {
+    if srv.is_remote() { Ok(None) } else { context::lock(home, create).map(Some) }
 }

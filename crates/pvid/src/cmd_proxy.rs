@@ -1,12 +1,13 @@
 //! `pvid proxy`: the sidecar. Under sidecar custody the private key is fetched once from the
-//! secret store at start; under transit custody OpenBao Transit signs each new egress token (and
-//! tokens are cached until shortly before expiry). The registry comes from a file that is
-//! reloaded when it changes.
+//! secret store at start (or read from a key file); under transit custody OpenBao Transit signs
+//! each new egress token (tokens are cached until shortly before expiry). The registry comes from
+//! a file that is reloaded when it changes, or from the control plane (`--registry
+//! http://cp1,http://cp2`), long-polled with failover.
 
 use anyhow::anyhow;
 use clap::Args;
 use pvid_core::{Clock, PreviewId, ServiceName, SystemClock};
-use pvid_proxy::{LogTarget, Proxy, ProxyConfig};
+use pvid_proxy::{HttpRegistry, LogTarget, Proxy, ProxyConfig, RegistrySource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,9 +33,19 @@ pub struct ProxyArgs {
     /// Egress listener for the service's own outbound calls (`http://EGRESS/<callee>/...`).
     #[arg(long)]
     egress: Option<SocketAddr>,
-    /// The preview's registry.json (default: the published file under PVID_HOME).
+    /// The preview's registry: a registry.json file (default: the published file under
+    /// PVID_HOME), or control-plane base URLs, comma-separated (`http://cp1:7070,http://cp2:7070`):
+    /// the sidecar long-polls the first that answers and fails over to the next.
     #[arg(long)]
-    registry: Option<PathBuf>,
+    registry: Option<String>,
+    /// With control-plane URLs: how long the last good registry is served while no replica
+    /// answers; past it every request is refused (503, reason `registry_unavailable`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
+    registry_max_stale: std::time::Duration,
+    /// With control-plane URLs: a file holding the admin token, for a control plane that
+    /// protects registry reads (`pvid serve --protect-registry`).
+    #[arg(long)]
+    registry_token_file: Option<PathBuf>,
     /// Append decision lines to this file instead of standard output.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -55,10 +66,19 @@ pub struct ProxyArgs {
 }
 
 pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
-    let registry = a
-        .registry
-        .clone()
-        .unwrap_or_else(|| pvid_control::registry_dir(home, a.preview.as_str()).join("registry.json"));
+    let registry = match a.registry.as_deref() {
+        Some(r) if r.contains("://") => {
+            let mut h = HttpRegistry::parse(r).map_err(|e| invalid(anyhow!("--registry: {e}")))?;
+            h.max_stale = a.registry_max_stale;
+            if let Some(f) = &a.registry_token_file {
+                let t = std::fs::read_to_string(f).map_err(|e| invalid(anyhow!("cannot read {}: {e}", f.display())))?;
+                h.token = Some(t.trim().to_owned());
+            }
+            RegistrySource::Http(h)
+        }
+        Some(path) => RegistrySource::File(PathBuf::from(path)),
+        None => RegistrySource::File(pvid_control::registry_dir(home, a.preview.as_str()).join("registry.json")),
+    };
     // Egress needs this service's private key; inbound validation needs only public keys.
     // Sidecar custody: the key is fetched once; transit custody: OpenBao signs each new token.
     let signing_key = if let (Some(_), Some(file)) = (a.egress, &a.key_file) {
@@ -131,7 +151,7 @@ fn read_key_file(file: &Path, preview: &PreviewId, service: &ServiceName) -> Res
     stored.to_signing_key(&path).map_err(|e| invalid(anyhow!("{}: {e}", file.display())))
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -144,4 +164,8 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    pvid_core::duration::parse_duration(s)
 }

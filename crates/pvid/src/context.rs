@@ -101,15 +101,23 @@ fn secret_store(home: &Path) -> Result<Arc<dyn SecretStore>, Failure> {
     })
 }
 
-/// Opens state and secrets of an existing PVID_HOME. A folder without state is an input error:
-/// a mistyped `--home` must not read as "nothing there, all clean".
+/// Environment variable naming the state database (`postgres://…`); default: SQLite under home.
+pub const ENV_DATABASE_URL: &str = "PVID_DATABASE_URL";
+
+fn database_url() -> Option<String> {
+    std::env::var(ENV_DATABASE_URL).ok().filter(|s| !s.is_empty())
+}
+
+/// Opens state and secrets of an existing PVID_HOME (state: `PVID_DATABASE_URL` when set, else
+/// `home/state.db`). A folder without state is an input error: a mistyped `--home` must not
+/// read as "nothing there, all clean".
 pub async fn open(home: &Path) -> Result<Control, Failure> {
     require_state(home)?;
     open_or_create(home).await
 }
 
 fn require_state(home: &Path) -> Result<(), Failure> {
-    if home.join("state.db").is_file() {
+    if database_url().is_some() || home.join("state.db").is_file() {
         return Ok(());
     }
     Err(invalid(anyhow::anyhow!(
@@ -120,6 +128,11 @@ fn require_state(home: &Path) -> Result<(), Failure> {
 
 /// Opens state and secrets under `home`, creating them on first use (`pvid up`).
 pub async fn open_or_create(home: &Path) -> Result<Control, Failure> {
+    open_with(home, database_url().as_deref()).await
+}
+
+/// Opens state (`database` URL, or `home/state.db`, created on first use) and the secrets.
+pub async fn open_with(home: &Path, database: Option<&str>) -> Result<Control, Failure> {
     if home.exists() && !home.is_dir() {
         return Err(invalid(anyhow::anyhow!("PVID_HOME {} is a file, not a folder", home.display())));
     }
@@ -130,7 +143,10 @@ pub async fn open_or_create(home: &Path) -> Result<Control, Failure> {
         .create(home)
         .map_err(|e| operational(anyhow::anyhow!("cannot create {}: {e}", home.display())))?;
     let secrets = secret_store(home)?;
-    let state = StateStore::open(&home.join("state.db")).await?;
+    let state = match database {
+        Some(url) => StateStore::connect(url).await?,
+        None => StateStore::open(&home.join("state.db")).await?,
+    };
     let failpoint = std::env::var(ENV_FAILPOINT).ok().filter(|s| !s.is_empty());
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     Ok(Control::new(state, secrets, home.to_path_buf()).with_failpoint(failpoint).with_actor(format!("cli:{user}")))

@@ -14,16 +14,19 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::exit::write_stdout(format_args!($($arg)*)) };
 }
 
+mod backend;
 mod cmd_doctor;
 mod cmd_explain;
 mod cmd_lifecycle;
 mod cmd_proxy;
 mod cmd_render;
+mod cmd_serve;
 mod cmd_token;
 mod context;
 mod demo;
 mod exit;
 mod http_util;
+mod remote;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -44,6 +47,9 @@ struct Cli {
 
     #[command(flatten)]
     store: context::StoreArgs,
+
+    #[command(flatten)]
+    server: remote::ServerArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -93,6 +99,10 @@ enum Command {
     Render(cmd_render::RenderArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
     Demo(demo::DemoArgs),
+    /// Run the control plane: the /v1 API, registry watch for sidecars, TTL reaper.
+    ///
+    /// Several replicas may share one PostgreSQL (--database); sidecars watch them all.
+    Serve(cmd_serve::ServeArgs),
 }
 
 fn main() {
@@ -123,13 +133,13 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     let home = cli.home;
     context::configure(cli.store);
     match cli.command {
-        Command::Up(a) => cmd_lifecycle::up(&home, a).await,
-        Command::Down(a) => cmd_lifecycle::down(&home, a).await,
-        Command::Ls(a) => cmd_lifecycle::ls(&home, a).await,
-        Command::Show(a) => cmd_lifecycle::show(&home, a).await,
-        Command::Jwks(a) => cmd_lifecycle::jwks(&home, a).await,
-        Command::Registry(a) => cmd_lifecycle::registry(&home, a).await,
-        Command::Audit(a) => cmd_lifecycle::audit(&home, a).await,
+        Command::Up(a) => cmd_lifecycle::up(&home, &cli.server, a).await,
+        Command::Down(a) => cmd_lifecycle::down(&home, &cli.server, a).await,
+        Command::Ls(a) => cmd_lifecycle::ls(&home, &cli.server, a).await,
+        Command::Show(a) => cmd_lifecycle::show(&home, &cli.server, a).await,
+        Command::Jwks(a) => cmd_lifecycle::jwks(&home, &cli.server, a).await,
+        Command::Registry(a) => cmd_lifecycle::registry(&home, &cli.server, a).await,
+        Command::Audit(a) => cmd_lifecycle::audit(&home, &cli.server, a).await,
         Command::Token(a) => cmd_token::run(&home, a).await,
         Command::Proxy(a) => cmd_proxy::run(&home, a).await,
         Command::Explain(a) => cmd_explain::explain_cmd(&home, a).await,
@@ -137,5 +147,6 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
         Command::Render(a) => cmd_render::run(&home, a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Serve(a) => cmd_serve::run(&home, a).await,
     }
 }

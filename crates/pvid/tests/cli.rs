@@ -11,6 +11,7 @@ mod cli {
     mod secrets;
     mod render;
     mod openbao;
+    mod serve;
     mod spec_errors;
     mod token_verify;
 }

@@ -6,10 +6,7 @@
 //! and keeps watching it (long-poll with `If-None-Match`); a token with an unknown kid triggers at
 //! most one refetch per 30 s, however many tokens ask; a failed refetch never replaces (never
 //! empties) the key set in force.
-//!
-//! AWAITING BRANCH `server`: HTTP registry sources are being added there. Until it is merged
-//! these tests are ignored and `scripts/test.d/90-pending.sh` skips them under
-//! `--include-ignored`; remove both once `pvid proxy --registry http://…` exists.
+
 
 mod registry_http {
     use std::collections::BTreeMap;
@@ -284,7 +281,6 @@ mod registry_http {
     }
 
     #[tokio::test]
-    #[ignore = "needs HTTP registry source (branch server)"]
     async fn c05_a_key_published_after_start_is_fetched_once_on_first_sight() {
         let server = Server::start(v1()).await;
         let dir = tempfile::tempdir().unwrap();
@@ -320,7 +316,6 @@ mod registry_http {
     }
 
     #[tokio::test]
-    #[ignore = "needs HTTP registry source (branch server)"]
     async fn c06_a_storm_of_unknown_kids_costs_at_most_one_refetch_and_valid_tokens_still_pass() {
         let server = Server::start(v1()).await;
         let dir = tempfile::tempdir().unwrap();
@@ -336,7 +331,6 @@ mod registry_http {
     }
 
     #[tokio::test]
-    #[ignore = "needs HTTP registry source (branch server)"]
     async fn c06_a_failing_refetch_never_empties_the_key_set() {
         let server = Server::start(v1()).await;
         let dir = tempfile::tempdir().unwrap();

@@ -80,7 +80,7 @@ async fn request_level_cases_give_their_expected_reasons_through_a_real_sidecar(
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: world.echo.addr,
         egress: None,
-        registry: world.registry_path.clone(),
+        registry: pvid_proxy::RegistrySource::File(world.registry_path.clone()),
         signing_key: None,
         log: LogTarget::File(log.clone()),
         clock: Arc::new(FixedClock(1_796_299_200.0)),

@@ -334,7 +334,7 @@ async fn bind_fails_when_the_registry_is_missing_invalid_or_lacks_the_service() 
     let clock = Arc::new(pvid_core::FixedClock(NOW));
 
     let mut config = world.config("payments", clock.clone());
-    config.registry = world.dir.path().join("missing.json");
+    config.registry = pvid_proxy::RegistrySource::File(world.dir.path().join("missing.json"));
     assert!(matches!(Proxy::bind(config).await, Err(ProxyError::LoadRegistry { .. })));
 
     let config = world.config("ledger", clock.clone());

@@ -268,7 +268,7 @@ impl World {
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: self.echo.addr,
             egress: None,
-            registry: self.registry_path.clone(),
+            registry: self.registry_path.clone().into(),
             signing_key: None,
             log: LogTarget::File(self.dir.path().join(format!("{service}.log"))),
             clock,
