@@ -78,7 +78,35 @@ pub fn write_registry_files(home: &Path, reg: &Registry) -> Result<(), Lifecycle
     let jwks = serde_json::to_vec_pretty(&reg.jwks).unwrap_or_default();
     write_atomic(&dir.join("jwks.json"), &jwks).map_err(err(&dir.join("jwks.json")))?;
     write_atomic(&dir.join("registry.json"), &registry).map_err(err(&dir.join("registry.json")))?;
+    remove_stale_temp_files(&dir);
     Ok(())
+}
+
+/// Removes half-written files of writers that died (SIGKILL between create and rename): those
+/// whose process no longer exists on this host, or older than ten minutes (a writer on another
+/// host sharing the folder). A live writer's file is left alone. Best effort: a leftover costs
+/// disk, not correctness (readers only open the final names).
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // `<file>.json.<pid>-<suffix>.tmp`
+        let Some(pid) = name.strip_suffix(".tmp").and_then(|n| n.rsplit('.').next()).and_then(|n| n.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let dead = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(600));
+        if dead || old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

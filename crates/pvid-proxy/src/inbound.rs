@@ -47,10 +47,17 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     {
         return refused;
     }
-    let snapshot = shared.registry.load();
-    let outcome = decide(&shared, &snapshot, &req, now);
+    let mut snapshot = shared.registry.load();
+    let mut outcome = decide(&shared, &snapshot, &req, now);
     if let Outcome::Deny { reason: ReasonCode::UnknownKid, .. } = &outcome {
-        shared.unknown_kid_seen();
+        // The key may have been published after the last delivery (a rotation): one refetch,
+        // then this request is decided again on what it brought (case C05).
+        shared.unknown_kid_seen().await;
+        let fresh = shared.registry.load();
+        if fresh.registry.version != snapshot.registry.version {
+            snapshot = fresh;
+            outcome = decide(&shared, &snapshot, &req, now);
+        }
     }
 
     let event = decision_event(&shared, &snapshot, &req, &outcome, &request_id, now, started);

@@ -18,11 +18,14 @@
 //!
 //! **Unknown kid**: a token whose kid the registry does not know asks for one immediate refetch,
 //! at most once per [`REFETCH_INTERVAL`], however many such tokens arrive (a kid storm does not
-//! become a request storm on the control plane).
+//! become a request storm on the control plane). The request that asked, and any that arrive
+//! while the refetch is in flight, wait for it (at most [`REFETCH_WAIT`]) and are decided again
+//! on what it brought: a key published after the last delivery is accepted on first sight (case
+//! C05), not refused until the next watch round.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +45,8 @@ pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(600);
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// At most one unknown-kid refetch per this interval.
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest time a request with an unknown kid waits for the refetch it caused.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(3);
 /// Longest pause between failed fetches.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Largest registry document accepted.
@@ -142,6 +147,10 @@ pub(crate) struct HttpWatch {
     last_refetch: Mutex<Option<Instant>>,
     /// Wakes the watcher for an immediate refetch.
     pub refetch: Notify,
+    /// Whether an unknown-kid refetch was asked for and has not finished.
+    refetch_in_flight: AtomicBool,
+    /// Wakes the requests waiting for that refetch.
+    refetched: Notify,
 }
 
 impl HttpWatch {
@@ -157,6 +166,8 @@ impl HttpWatch {
             last_ok: Mutex::new(Instant::now()),
             last_refetch: Mutex::new(None),
             refetch: Notify::new(),
+            refetch_in_flight: AtomicBool::new(false),
+            refetched: Notify::new(),
         }
     }
 
@@ -191,8 +202,29 @@ impl HttpWatch {
         }
         *last = Some(Instant::now());
         drop(last);
+        self.refetch_in_flight.store(true, Ordering::Release);
         self.refetch.notify_one();
         true
+    }
+
+    /// Asks for a refetch as [`Self::request_refetch`] does, then waits (at most
+    /// [`REFETCH_WAIT`]) for the one asked for or already in flight. Returns at once when there
+    /// is none (the interval has not passed and nothing is in flight).
+    pub(crate) async fn refetch_and_wait(&self) {
+        let done = self.refetched.notified();
+        tokio::pin!(done);
+        // Registered before looking, so a refetch finishing in between still wakes us.
+        done.as_mut().enable();
+        if !self.request_refetch() && !self.refetch_in_flight.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(REFETCH_WAIT, done).await;
+    }
+
+    /// Called by the watcher once the refetch's result (new registry or failure) is in force.
+    pub(crate) fn refetch_finished(&self) {
+        self.refetch_in_flight.store(false, Ordering::Release);
+        self.refetched.notify_waiters();
     }
 
     /// One fetch from the replica in use: long-polls when `wait` is given and `known` is set.
@@ -333,10 +365,11 @@ impl Shared {
     }
 
     /// A token named a kid the registry does not know: ask the watcher for one refetch (at most
-    /// one per [`REFETCH_INTERVAL`]).
-    pub(crate) fn unknown_kid_seen(&self) {
+    /// one per [`REFETCH_INTERVAL`]) and wait, bounded, for the refetch asked for or in flight.
+    /// A file source has nothing to ask: its next poll brings any change.
+    pub(crate) async fn unknown_kid_seen(&self) {
         if let Some(h) = &self.http {
-            h.request_refetch();
+            h.refetch_and_wait().await;
         }
     }
 }

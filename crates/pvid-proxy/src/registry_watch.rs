@@ -217,10 +217,12 @@ async fn watch_http(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let known = shared.registry.load().registry.version;
+        let mut refetching = false;
         let result = tokio::select! {
             _ = stopped(&mut stop) => return,
             r = http.fetch(&shared.preview, Some(known), Some(http.config.wait)) => r,
             _ = http.refetch.notified() => {
+                refetching = true;
                 let line = shared.registry_event("registry.refetch", &shared.registry.load(), None, Some("unknown kid".into()));
                 shared.log.record(&line).await;
                 http.fetch(&shared.preview, Some(known), None).await
@@ -237,6 +239,11 @@ async fn watch_http(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             },
             Err(e) => Some(e),
         };
+        if refetching {
+            // What it brought is in force (or it failed and the last good registry stays):
+            // the requests waiting on it are decided again now.
+            http.refetch_finished();
+        }
         match failure {
             None => {
                 http.mark_ok();

@@ -45,7 +45,33 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Previews torn down by this replica's reaper.
     pub reaped: AtomicU64,
+    /// Provisions through this replica, by outcome: created, resumed, already_active, failed.
+    pub provisions: [AtomicU64; 4],
+    /// Teardowns through this replica (API and reaper), by outcome: torn_down,
+    /// already_torn_down, failed.
+    pub teardowns: [AtomicU64; 3],
+    /// Orphans found by audits through this replica (each audit counts what it saw).
+    pub orphans_found: AtomicU64,
+    /// Orphans removed by sweeps through this replica.
+    pub orphans_swept: AtomicU64,
 }
+
+impl Metrics {
+    /// Counts one teardown by its outcome.
+    pub fn count_teardown<E>(&self, outcome: &Result<pvid_control::TeardownOutcome, E>) {
+        let index = match outcome {
+            Ok(pvid_control::TeardownOutcome::TornDown) => 0,
+            Ok(pvid_control::TeardownOutcome::AlreadyTornDown) => 1,
+            Err(_) => 2,
+        };
+        self.teardowns[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Label values of [`Metrics::provisions`], in index order.
+pub const PROVISION_OUTCOMES: [&str; 4] = ["created", "resumed", "already_active", "failed"];
+/// Label values of [`Metrics::teardowns`], in index order.
+pub const TEARDOWN_OUTCOMES: [&str; 3] = ["torn_down", "already_torn_down", "failed"];
 
 /// Settings of the API.
 #[derive(Clone, Debug)]
@@ -146,18 +172,48 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let body = format!(
-        "# HELP pvid_api_auth_failures_total API calls refused for a missing or wrong admin token.\n\
-         # TYPE pvid_api_auth_failures_total counter\n\
-         pvid_api_auth_failures_total {}\n\
-         # HELP pvid_reaped_total Previews torn down by this replica's TTL reaper.\n\
-         # TYPE pvid_reaped_total counter\n\
-         pvid_reaped_total {}\n",
-        s.metrics.auth_failures.load(Ordering::Relaxed),
-        s.metrics.reaped.load(Ordering::Relaxed),
+async fn metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    use std::fmt::Write as _;
+    let m = &s.metrics;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    // Previews by state come from the shared store, so every replica reports the same gauge.
+    let mut by_state = std::collections::BTreeMap::<String, u64>::new();
+    for state in ["provisioning", "active", "tearing_down", "torn_down"] {
+        by_state.insert(state.to_owned(), 0);
+    }
+    for p in s.control.state().previews().await? {
+        *by_state.entry(p.state.to_string()).or_default() += 1;
+    }
+    let mut body = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(body, "{name}{labels} {v}");
+        }
+    };
+    family("pvid_api_auth_failures_total", "counter", "API calls refused for a missing or wrong admin token.", vec![(String::new(), load(&m.auth_failures))]);
+    family("pvid_reaped_total", "counter", "Previews torn down by this replica's TTL reaper.", vec![(String::new(), load(&m.reaped))]);
+    family(
+        "pvid_previews",
+        "gauge",
+        "Previews in the state store, by state.",
+        by_state.into_iter().map(|(st, n)| (format!("{{state=\"{st}\"}}"), n)).collect(),
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    family(
+        "pvid_provisions_total",
+        "counter",
+        "Provisions through this replica, by outcome.",
+        PROVISION_OUTCOMES.iter().zip(&m.provisions).map(|(o, c)| (format!("{{outcome=\"{o}\"}}"), load(c))).collect(),
+    );
+    family(
+        "pvid_teardowns_total",
+        "counter",
+        "Teardowns through this replica (API and reaper), by outcome.",
+        TEARDOWN_OUTCOMES.iter().zip(&m.teardowns).map(|(o, c)| (format!("{{outcome=\"{o}\"}}"), load(c))).collect(),
+    );
+    family("pvid_orphans_found_total", "counter", "Orphaned secrets and keys seen by audits through this replica.", vec![(String::new(), load(&m.orphans_found))]);
+    family("pvid_orphans_swept_total", "counter", "Orphaned secrets and keys removed by sweeps through this replica.", vec![(String::new(), load(&m.orphans_swept))]);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting and lets

@@ -39,7 +39,7 @@ pub struct Route {
 pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/v1/healthz", access: Access::Public, summary: "Liveness: the process answers.", responses: &[200] },
     Route { method: "GET", path: "/v1/readyz", access: Access::Public, summary: "Readiness: the state store answers; backend and schema version.", responses: &[200, 503] },
-    Route { method: "GET", path: "/v1/metrics", access: Access::Public, summary: "Prometheus counters (auth failures, reaped previews).", responses: &[200] },
+    Route { method: "GET", path: "/v1/metrics", access: Access::Public, summary: "Prometheus metrics: previews by state, provisions, teardowns, orphans, auth failures, reaped previews.", responses: &[200] },
     Route { method: "GET", path: "/v1/openapi.json", access: Access::Public, summary: "This document.", responses: &[200] },
     Route { method: "GET", path: "/v1/previews", access: Access::Admin, summary: "List previews.", responses: &[200] },
     Route { method: "POST", path: "/v1/previews", access: Access::Admin, summary: "Provision a preview from a spec (YAML or JSON body; ?preview=ID overrides `preview:`). 201 created or resumed, 200 already active.", responses: &[200, 201, 400, 409, 413] },

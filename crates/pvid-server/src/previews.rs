@@ -1,6 +1,7 @@
 //! Preview lifecycle handlers: create (provision), list, show, tear down, evidence, orphan audit.
 //! Each calls [`pvid_control::Control`], the same code as the CLI.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,7 +52,15 @@ pub(crate) async fn create(
         })?,
     };
     let started = Instant::now();
-    let outcome = s.control.provision(&id, &spec.config()).await?;
+    let outcome = s.control.provision(&id, &spec.config()).await;
+    let index = match &outcome {
+        Ok(ProvisionOutcome::Created) => 0,
+        Ok(ProvisionOutcome::Resumed) => 1,
+        Ok(ProvisionOutcome::AlreadyActive) => 2,
+        Err(_) => 3,
+    };
+    s.metrics.provisions[index].fetch_add(1, Ordering::Relaxed);
+    let outcome = outcome?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let registry = s.control.registry(&id).await?;
     let (status, what) = match outcome {
@@ -81,7 +90,9 @@ pub(crate) async fn show(_: Admin, State(s): State<Arc<AppState>>, Path(id): Pat
 /// confirmed gone, with the registry version sidecars must reach to refuse.
 pub(crate) async fn teardown(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = preview_id(&id)?;
-    let outcome = s.control.teardown(&id).await?;
+    let outcome = s.control.teardown(&id).await;
+    s.metrics.count_teardown(&outcome);
+    let outcome = outcome?;
     let version = s.control.state().preview_version(&id).await?;
     let what = match outcome {
         TeardownOutcome::TornDown => "torn_down",
@@ -106,13 +117,16 @@ pub(crate) async fn all_evidence(_: Admin, State(s): State<Arc<AppState>>) -> Re
 /// `GET /v1/audit/orphans`.
 pub(crate) async fn orphans(_: Admin, State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let found = s.control.find_orphans().await?;
+    s.metrics.orphans_found.fetch_add(found.len() as u64, Ordering::Relaxed);
     Ok(Json(json!({"orphans": found})).into_response())
 }
 
 /// `POST /v1/audit/orphans/sweep`.
 pub(crate) async fn sweep(_: Admin, State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let found = s.control.find_orphans().await?;
+    s.metrics.orphans_found.fetch_add(found.len() as u64, Ordering::Relaxed);
     s.control.sweep(&found, &mut |_| {}).await?;
     let remaining = s.control.find_orphans().await?;
+    s.metrics.orphans_swept.fetch_add(found.len().saturating_sub(remaining.len()) as u64, Ordering::Relaxed);
     Ok(Json(json!({"found": found, "remaining": remaining})).into_response())
 }

@@ -38,6 +38,7 @@ pub async fn once(state: &AppState) {
         Ok(reaped) => {
             for id in reaped {
                 state.metrics.reaped.fetch_add(1, Ordering::Relaxed);
+                state.metrics.teardowns[0].fetch_add(1, Ordering::Relaxed);
                 log_line(json!({"ts": now_rfc3339(), "event": "preview.reaped", "preview_id": id, "replica": state.settings.replica}));
             }
         }

@@ -112,6 +112,11 @@ fn database_url() -> Option<String> {
 /// `home/state.db`). A folder without state is an input error: a mistyped `--home` must not
 /// read as "nothing there, all clean".
 pub async fn open(home: &Path) -> Result<Control, Failure> {
+    // A secret store that cannot be configured is the first thing to fix: say so before
+    // looking for state.
+    if store_args().secrets == SecretsKind::Openbao {
+        bao_client()?;
+    }
     require_state(home)?;
     open_or_create(home).await
 }

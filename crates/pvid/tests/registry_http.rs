@@ -1,6 +1,6 @@
 //! Cases C05 (rotation) and C06 (unknown-kid storm) of `testdata/cases` against a real
 //! `pvid proxy` whose registry source is an HTTP server this test controls and counts fetches on
-//! (`pvid proxy --registry http://…/v1/previews/pr-1/registry.json`).
+//! (`pvid proxy --registry http://HOST:PORT`, which asks for `/v1/previews/pr-1/registry.json`).
 //!
 //! The interface assumed (DESIGN.md, "Sidecar"): the sidecar fetches the registry URL at start
 //! and keeps watching it (long-poll with `If-None-Match`); a token with an unknown kid triggers at
@@ -114,6 +114,9 @@ mod registry_http {
     struct Server {
         addr: SocketAddr,
         fetches: Arc<AtomicUsize>,
+        /// Requests without `?wait=`: the first fetch and the unknown-kid refetches (the
+        /// watch's long-polls, and its retries after a failure, all carry `wait`).
+        refetches: Arc<AtomicUsize>,
         answer: Arc<Mutex<Answer>>,
         wake: watch::Sender<u64>,
     }
@@ -125,22 +128,28 @@ mod registry_http {
             let fetches = Arc::new(AtomicUsize::new(0));
             let answer = Arc::new(Mutex::new(first));
             let (wake, _) = watch::channel(0u64);
-            let (f, a, w) = (fetches.clone(), answer.clone(), wake.clone());
+            let refetches = Arc::new(AtomicUsize::new(0));
+            let (f, r, a, w) = (fetches.clone(), refetches.clone(), answer.clone(), wake.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((s, _)) = listener.accept().await else { continue };
-                    tokio::spawn(serve(s, f.clone(), a.clone(), w.subscribe()));
+                    tokio::spawn(serve(s, f.clone(), r.clone(), a.clone(), w.subscribe()));
                 }
             });
-            Server { addr, fetches, answer, wake }
+            Server { addr, fetches, refetches, answer, wake }
         }
 
+        /// The base URL the sidecar is given; it asks for `/v1/previews/pr-1/registry.json`.
         fn url(&self) -> String {
-            format!("http://{}/v1/previews/pr-1/registry.json", self.addr)
+            format!("http://{}", self.addr)
         }
 
         fn fetches(&self) -> usize {
             self.fetches.load(Ordering::SeqCst)
+        }
+
+        fn refetches(&self) -> usize {
+            self.refetches.load(Ordering::SeqCst)
         }
 
         async fn set_silently(&self, a: Answer) {
@@ -148,7 +157,7 @@ mod registry_http {
         }
     }
 
-    async fn serve(mut s: TcpStream, fetches: Arc<AtomicUsize>, answer: Arc<Mutex<Answer>>, mut woken: watch::Receiver<u64>) {
+    async fn serve(mut s: TcpStream, fetches: Arc<AtomicUsize>, refetches: Arc<AtomicUsize>, answer: Arc<Mutex<Answer>>, mut woken: watch::Receiver<u64>) {
         loop {
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
@@ -159,10 +168,22 @@ mod registry_http {
                 }
             }
             let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            // Only the preview's registry document is served: a sidecar asking elsewhere fails.
+            let target = text.split_whitespace().nth(1).unwrap_or("");
+            if target.split('?').next() != Some("/v1/previews/pr-1/registry.json") {
+                if s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let if_none_match =
                 text.lines().find_map(|l| l.strip_prefix("if-none-match:")).map(|v| v.trim().trim_matches('"').to_owned());
             let current = answer.lock().await.clone();
-            if let (Some(tag), Answer::Registry { etag, .. }) = (&if_none_match, &current)
+            let long_poll = target.contains("wait=");
+            if !long_poll {
+                refetches.fetch_add(1, Ordering::SeqCst);
+            }
+            if let (true, Some(tag), Answer::Registry { etag, .. }) = (long_poll, &if_none_match, &current)
                 && tag == etag
             {
                 // Long-poll: park until a publish (or 25 s), then answer as a fetch would.
@@ -170,6 +191,9 @@ mod registry_http {
             }
             fetches.fetch_add(1, Ordering::SeqCst);
             let reply = match answer.lock().await.clone() {
+                Answer::Registry { etag, .. } if !long_poll && if_none_match.as_deref() == Some(etag.as_str()) => {
+                    b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n".to_vec()
+                }
                 Answer::Registry { etag, body } => {
                     let mut r = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\netag: \"{etag}\"\r\ncontent-length: {}\r\n\r\n",
@@ -277,23 +301,24 @@ mod registry_http {
     }
 
     fn v1() -> Answer {
-        Answer::Registry { etag: "v1".into(), body: registry("jwks/pr-1.json", 1) }
+        Answer::Registry { etag: "1".into(), body: registry("jwks/pr-1.json", 1) }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn c05_a_key_published_after_start_is_fetched_once_on_first_sight() {
         let server = Server::start(v1()).await;
         let dir = tempfile::tempdir().unwrap();
         let sidecar = start_sidecar(dir.path(), &server.url(), app().await);
-        let before = settled(&server).await;
+        settled(&server).await;
+        let before = server.refetches();
         // The issuer rotated to pr-1-api-2; the watch has not delivered it yet.
-        server.set_silently(Answer::Registry { etag: "v2".into(), body: registry("jwks/pr-1-rotated.json", 2) }).await;
+        server.set_silently(Answer::Registry { etag: "2".into(), body: registry("jwks/pr-1-rotated.json", 2) }).await;
         let (status, caller) = ping(sidecar.inbound, &token("pr-1-api-2")).await;
         assert_eq!((status, caller.as_str()), (200, "api"), "C05: accepted after a refetch");
-        assert_eq!(server.fetches() - before, 1, "C05: exactly one refetch");
+        assert_eq!(server.refetches() - before, 1, "C05: exactly one refetch");
         // Known now: no further fetch.
         assert_eq!(ping(sidecar.inbound, &token("pr-1-api-2")).await.0, 200);
-        assert_eq!(server.fetches() - before, 1);
+        assert_eq!(server.refetches() - before, 1);
         let _ = server.wake.send(1);
         drop(sidecar);
     }
@@ -315,27 +340,29 @@ mod registry_http {
         std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("\"reason\":\"unknown_kid\"")).count()
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn c06_a_storm_of_unknown_kids_costs_at_most_one_refetch_and_valid_tokens_still_pass() {
         let server = Server::start(v1()).await;
         let dir = tempfile::tempdir().unwrap();
         let sidecar = start_sidecar(dir.path(), &server.url(), app().await);
-        let before = settled(&server).await;
+        settled(&server).await;
+        let before = server.refetches();
         let statuses = burst(sidecar.inbound).await;
         assert!(statuses.iter().all(|s| *s == 401), "C06: every storm token refused");
         assert_eq!(unknown_kid_lines(&sidecar.log), 200, "C06: each refused as unknown_kid");
-        assert!(server.fetches() - before <= 1, "C06: {} refetches for one burst", server.fetches() - before);
+        assert_eq!(server.refetches() - before, 1, "C06: one refetch for the whole burst");
         let (status, caller) = ping(sidecar.inbound, &token("pr-1-api-1")).await;
         assert_eq!((status, caller.as_str()), (200, "api"), "C06 then: the valid token is accepted");
         let _ = server.wake.send(1);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn c06_a_failing_refetch_never_empties_the_key_set() {
         let server = Server::start(v1()).await;
         let dir = tempfile::tempdir().unwrap();
         let sidecar = start_sidecar(dir.path(), &server.url(), app().await);
-        let before = settled(&server).await;
+        settled(&server).await;
+        let before = server.refetches();
         for failure in [
             Answer::Fail(500),
             Answer::Fail(404),
@@ -348,7 +375,7 @@ mod registry_http {
             let (status, caller) = ping(sidecar.inbound, &token("pr-1-api-1")).await;
             assert_eq!((status, caller.as_str()), (200, "api"), "the last good key set is still in force");
         }
-        assert!(server.fetches() - before <= 1, "{} refetches within one 30 s window", server.fetches() - before);
+        assert_eq!(server.refetches() - before, 1, "one refetch within one 30 s window, however it failed");
         let _ = server.wake.send(1);
     }
 }

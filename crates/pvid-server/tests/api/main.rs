@@ -6,4 +6,5 @@ mod support;
 mod auth;
 mod concurrency;
 mod lifecycle;
+mod metrics;
 mod openapi;

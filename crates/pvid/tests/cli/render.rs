@@ -53,13 +53,13 @@ fn render_before_up_leaves_out_what_needs_keys_and_says_so() {
 #[test]
 fn a_bad_spec_for_a_target_exits_2_naming_service_and_call() {
     let home = tempfile::tempdir().unwrap();
-    let file = home.path().join("star.yaml");
-    std::fs::write(&file, "preview: pr-1\nservices:\n  api: { calls: [\"payments: GET /a*\"] }\n  payments: {}\n").unwrap();
+    let file = home.path().join("brace.yaml");
+    std::fs::write(&file, "preview: pr-1\nservices:\n  api: { calls: [\"payments: GET /a{x\"] }\n  payments: {}\n").unwrap();
     let out = pvid(home.path(), &["render", "istio", "-f", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out).trim(),
-        "pvid: istio: services.api.calls: \"payments: GET /a*\": Istio path patterns read `*` as a wildcard or template and cannot match it literally"
+        "pvid: istio: services.api.calls: \"payments: GET /a{x\": Istio path patterns read `{` as a wildcard or template and cannot match it literally"
     );
 }
 
