@@ -13,6 +13,7 @@
 
 pub mod clock;
 pub mod duration;
+pub mod evidence;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;

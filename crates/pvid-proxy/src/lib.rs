@@ -24,6 +24,7 @@
 mod admin;
 mod cache;
 mod egress;
+mod evidence;
 mod headers;
 mod inbound;
 mod limits;
@@ -84,6 +85,8 @@ pub struct ProxyConfig {
     pub signing_key: Option<Arc<dyn Signer>>,
     /// Where log lines go.
     pub log: LogTarget,
+    /// Where decisions are also appended as a hash-chained evidence trail (`--evidence`).
+    pub evidence: Option<PathBuf>,
     /// The source of "now" for token validation, minting and log timestamps.
     pub clock: Arc<dyn Clock>,
     /// Whether verified tokens are cached (by SHA-256 of the token). On by default in the CLI.
@@ -144,6 +147,14 @@ pub enum ProxyError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The `--evidence` file could not be opened, or holds a broken chain.
+    #[error("evidence file {}: {reason}", path.display())]
+    Evidence {
+        /// The evidence file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The log writer thread could not be started.
     #[error("cannot start the log writer")]

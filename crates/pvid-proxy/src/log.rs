@@ -18,7 +18,12 @@ use pvid_core::ReasonCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::evidence::EvidenceChain;
 use crate::{LogTarget, ProxyError};
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Longest string taken from a token (`kid`, `iss`, `aud`) or a request (`path`) into a line.
 pub(crate) const MAX_TOKEN_FIELD_CHARS: usize = 256;
@@ -185,7 +190,8 @@ impl std::fmt::Debug for Line {
 impl LogSink {
     /// Opens the target and starts the writer thread. The thread ends when the last sink is
     /// dropped.
-    pub(crate) fn open(target: &LogTarget) -> Result<LogSink, ProxyError> {
+    /// Decision lines are also appended to `evidence` when given, after the log line is written.
+    pub(crate) fn open(target: &LogTarget, mut evidence: Option<EvidenceChain>) -> Result<LogSink, ProxyError> {
         let mut out: Box<dyn Write + Send> = match target {
             LogTarget::Stdout => Box::new(std::io::stdout()),
             LogTarget::File(path) => Box::new(
@@ -200,7 +206,7 @@ impl LogSink {
         std::thread::Builder::new()
             .name("pvid-log".into())
             .spawn(move || {
-                let mut reported = false;
+                let (mut reported, mut evidence_reported) = (false, false);
                 for line in rx {
                     // One write per line: with O_APPEND, lines from several writers never interleave.
                     let res = out.write_all(line.text.as_bytes()).and_then(|()| out.flush());
@@ -210,6 +216,13 @@ impl LogSink {
                         // The log itself is broken; say so once where an operator may see it.
                         eprintln!("pvid proxy: cannot write log line: {e}");
                         reported = true;
+                    }
+                    if let Some(chain) = evidence.as_mut()
+                        && let Err(e) = chain.append_if_decision(line.text.trim_end(), unix_ms())
+                        && !evidence_reported
+                    {
+                        eprintln!("pvid proxy: cannot append to the evidence file: {e}");
+                        evidence_reported = true;
                     }
                     if let Some(done) = line.written {
                         let _ = done.send(());

@@ -13,6 +13,7 @@ use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
 use crate::cache::TokenCache;
 use crate::signer::{MintCache, Signer};
+use crate::evidence::EvidenceChain;
 use crate::log::LogSink;
 use crate::metrics::Metrics;
 use crate::registry_source::{HttpWatch, RegistrySource};
@@ -54,7 +55,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Opens the log and loads the registry; any failure here stops the sidecar from starting.
     pub(crate) async fn start(config: ProxyConfig) -> Result<Shared, ProxyError> {
-        let log = LogSink::open(&config.log)?;
+        let evidence = match &config.evidence {
+            Some(path) => Some(EvidenceChain::open(path, config.preview.as_str())?),
+            None => None,
+        };
+        let log = LogSink::open(&config.log, evidence)?;
         let (snapshot, http) = match &config.registry {
             RegistrySource::File(path) => {
                 let bytes = tokio::fs::read(path)

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::context;
 use crate::exit::{Failure, NEGATIVE, invalid};
+use crate::remote::{Remote, ServerArgs};
 
 /// Arguments of `pvid explain`.
 #[derive(Args, Debug)]
@@ -26,7 +27,8 @@ pub struct ExplainArgs {
     /// The service that refused (required with a token; taken from the log line otherwise).
     #[arg(long)]
     service: Option<ServiceName>,
-    /// The registry the service used (default: the preview's, from PVID_HOME).
+    /// The registry the service used (default: the preview's, from PVID_HOME or, with
+    /// --server, from the control plane).
     #[arg(long)]
     registry: Option<PathBuf>,
     /// The preview (to load its registry from PVID_HOME).
@@ -59,7 +61,18 @@ pub struct LogsArgs {
     json: bool,
 }
 
-pub async fn explain_cmd(home: &Path, a: ExplainArgs) -> Result<i32, Failure> {
+/// Where the registry and the evidence trail come from: PVID_HOME's stores, or a control plane
+/// (`--server`), so an explanation works the same offline and online.
+enum Source {
+    Local,
+    Remote(Remote),
+}
+
+pub async fn explain_cmd(home: &Path, srv: &ServerArgs, a: ExplainArgs) -> Result<i32, Failure> {
+    let source = match srv.server.as_deref().filter(|_| srv.is_remote()) {
+        Some(base) => Source::Remote(Remote::new(base, home, srv)?),
+        None => Source::Local,
+    };
     let (obs, service, preview, request_id) = match (&a.token, &a.request_id) {
         (Some(_), _) => {
             let service = a.service.clone().ok_or_else(|| invalid(anyhow!("--service is required with a token")))?;
@@ -73,7 +86,7 @@ pub async fn explain_cmd(home: &Path, a: ExplainArgs) -> Result<i32, Failure> {
         }
         (None, None) => return Err(invalid(anyhow!("give a token (or -) or --request-id"))),
     };
-    let registry = load_registry(home, a.registry.as_deref(), preview.as_ref()).await?;
+    let registry = load_registry(home, &source, a.registry.as_deref(), preview.as_ref()).await?;
     let obs = match obs {
         Some(o) => o,
         None => {
@@ -83,7 +96,7 @@ pub async fn explain_cmd(home: &Path, a: ExplainArgs) -> Result<i32, Failure> {
     };
     let mut x = explain(registry.as_ref(), &service, &obs);
     if x.cause == "preview_torn_down"
-        && let Some(by) = teardown_actor(home, registry.as_ref()).await
+        && let Some(by) = teardown_actor(home, &source, registry.as_ref()).await
     {
         x.summary = x.summary.replacen(" was torn down", &format!(" was torn down by {by}"), 1);
     }
@@ -101,14 +114,19 @@ pub async fn explain_cmd(home: &Path, a: ExplainArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-/// Who started the teardown, from the evidence trail in PVID_HOME (when it is there).
-async fn teardown_actor(home: &Path, reg: Option<&Registry>) -> Option<String> {
+/// Who started the teardown, from the evidence trail (in PVID_HOME, or the control plane's).
+async fn teardown_actor(home: &Path, source: &Source, reg: Option<&Registry>) -> Option<String> {
     let reg = reg?;
-    if !home.join("state.db").exists() {
-        return None;
-    }
-    let control = context::open(home).await.ok()?;
-    let trail = control.state().evidence(Some(&reg.preview)).await.ok()?;
+    let trail = match source {
+        Source::Remote(r) => r.evidence(Some(&reg.preview)).await.ok()?,
+        Source::Local => {
+            if !home.join("state.db").exists() {
+                return None;
+            }
+            let control = context::open(home).await.ok()?;
+            control.state().evidence(Some(&reg.preview)).await.ok()?
+        }
+    };
     let entry = trail.iter().rev().find(|e| e.event == "preview.tearing_down")?;
     entry.data["actor"].as_str().map(str::to_owned)
 }
@@ -122,12 +140,17 @@ fn read_token(arg: &str) -> Result<String, Failure> {
     Ok(s.trim().to_owned())
 }
 
-async fn load_registry(home: &Path, file: Option<&Path>, preview: Option<&PreviewId>) -> Result<Option<Registry>, Failure> {
+async fn load_registry(home: &Path, source: &Source, file: Option<&Path>, preview: Option<&PreviewId>) -> Result<Option<Registry>, Failure> {
     if let Some(f) = file {
         let bytes = std::fs::read(f).map_err(|e| invalid(anyhow!("cannot read registry {}: {e}", f.display())))?;
         return Registry::from_json(&bytes).map(Some).map_err(|e| invalid(anyhow!("{}: {e}", f.display())));
     }
     let Some(p) = preview else { return Ok(None) };
+    if let Source::Remote(r) = source {
+        // A control plane that cannot be asked is an error, not "no registry": the explanation
+        // would otherwise be made without the facts it needs.
+        return r.registry(p).await.map(Some);
+    }
     if !home.join("state.db").exists() {
         return Ok(None);
     }

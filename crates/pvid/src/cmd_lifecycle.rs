@@ -84,7 +84,14 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Check the hash chain of the evidence trail. Exit 1 naming the first bad entry.
+    ///
+    /// With --file, check chain files instead of the state store's trail: a sidecar's
+    /// `--evidence` file (the whole chain) or a `pvid audit export` bundle (each entry's hash,
+    /// and the links between consecutive entries).
     Verify {
+        /// Evidence files to check (repeatable); the state store is not opened.
+        #[arg(long = "file", value_name = "FILE")]
+        files: Vec<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -279,6 +286,11 @@ pub async fn registry(home: &Path, srv: &ServerArgs, a: IdArg) -> Result<i32, Fa
 pub async fn audit(home: &Path, srv: &ServerArgs, a: AuditCommand) -> Result<i32, Failure> {
     // The orphan audit must not see a provision or teardown half-way.
     let _lock = if matches!(a, AuditCommand::Orphans { .. }) { local_lock(home, srv, false)? } else { None };
+    if let AuditCommand::Verify { files, json } = &a
+        && !files.is_empty()
+    {
+        return verify_files(files, *json);
+    }
     let backend = Backend::open(home, srv).await?;
     match a {
         AuditCommand::Orphans { sweep, json } => {
@@ -326,7 +338,7 @@ pub async fn audit(home: &Path, srv: &ServerArgs, a: AuditCommand) -> Result<i32
             // Without --sweep any finding is a failure; with it, only what could not be removed.
             Ok(if left.is_empty() && (sweep || orphans.is_empty()) { 0 } else { NEGATIVE })
         }
-        AuditCommand::Verify { json } => {
+        AuditCommand::Verify { json, .. } => {
             let entries = backend.evidence(None).await?;
             let result = pvid_store::evidence::verify_chain(&entries);
             let head = entries.last().map(|e| e.hash.clone());
@@ -396,4 +408,33 @@ fn rfc3339_ms(ms: i64) -> String {
 /// The PVID_HOME lock of a command that changes local state; a control plane locks for itself.
 fn local_lock(home: &Path, srv: &ServerArgs, create: bool) -> Result<Option<context::HomeLock>, Failure> {
     if srv.is_remote() { Ok(None) } else { context::lock(home, create).map(Some) }
+}
+
+/// `pvid audit verify --file F...`: each file is a whole chain (a sidecar's `--evidence` file)
+/// or an export bundle (its last line the `pvid-evidence-v1` head). Exit 1 when any is broken.
+fn verify_files(files: &[PathBuf], json: bool) -> Result<i32, Failure> {
+    let mut all_ok = true;
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(anyhow!("cannot read {}: {e}", path.display())))?;
+        let is_bundle = text.lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.contains("\"bundle\":\"pvid-evidence-v1\""));
+        let body: String = if is_bundle {
+            let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines.pop();
+            lines.join("\n")
+        } else {
+            text.clone()
+        };
+        let entries = pvid_store::evidence::read_entries(&body).map_err(|e| invalid(anyhow!("{}: {e}", path.display())))?;
+        let result = if is_bundle { pvid_store::evidence::verify_excerpt(&entries) } else { pvid_store::evidence::verify_chain(&entries) };
+        let head = entries.last().map(|e| e.hash.clone());
+        let kind = if is_bundle { "bundle" } else { "chain" };
+        match (&result, json) {
+            (Ok(()), true) => outln!("{}", json!({"file": path, "kind": kind, "result": "ok", "entries": entries.len(), "head": head})),
+            (Ok(()), false) => outln!("{}: {kind} intact: {} entries, head {}", path.display(), entries.len(), head.as_deref().unwrap_or("-")),
+            (Err((seq, why)), true) => outln!("{}", json!({"file": path, "kind": kind, "result": "broken", "first_bad_seq": seq, "why": why})),
+            (Err((seq, why)), false) => outln!("{}: {kind} broken at entry {seq}: {why}", path.display()),
+        }
+        all_ok &= result.is_ok();
+    }
+    Ok(if all_ok { 0 } else { NEGATIVE })
 }

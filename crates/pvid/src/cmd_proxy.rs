@@ -49,6 +49,10 @@ pub struct ProxyArgs {
     /// Append decision lines to this file instead of standard output.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Also append every decision to this hash-chained evidence file (JSONL, mode 0600; one
+    /// file per sidecar). Checked at start and continued; `pvid audit verify --file` checks it.
+    #[arg(long, value_name = "FILE")]
+    evidence: Option<PathBuf>,
     /// Admin listener: `GET /healthz` (registry version, this host's clock) and `GET /metrics`
     /// (Prometheus).
     #[arg(long)]
@@ -100,6 +104,7 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         registry,
         signing_key,
         log: a.log.map_or(LogTarget::Stdout, LogTarget::File),
+        evidence: a.evidence,
         clock: if a.dangerous_clock_offset_for_tests == 0.0 {
             Arc::new(SystemClock)
         } else {

@@ -142,7 +142,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Audit(a) => cmd_lifecycle::audit(&home, &cli.server, a).await,
         Command::Token(a) => cmd_token::run(&home, a).await,
         Command::Proxy(a) => cmd_proxy::run(&home, a).await,
-        Command::Explain(a) => cmd_explain::explain_cmd(&home, a).await,
+        Command::Explain(a) => cmd_explain::explain_cmd(&home, &cli.server, a).await,
         Command::Doctor(a) => cmd_doctor::run(&home, a).await,
         Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
         Command::Render(a) => cmd_render::run(&home, a).await,

@@ -271,6 +271,7 @@ impl World {
             registry: self.registry_path.clone().into(),
             signing_key: None,
             log: LogTarget::File(self.dir.path().join(format!("{service}.log"))),
+            evidence: None,
             clock,
             cache: true,
         }

@@ -42,6 +42,10 @@ fn free_port() -> SocketAddr {
 }
 
 fn start_sidecar(home: &Path, service: &str, registry: Option<&Path>) -> Sidecar {
+    start_sidecar_with(home, service, registry, &[])
+}
+
+fn start_sidecar_with(home: &Path, service: &str, registry: Option<&Path>, extra: &[&str]) -> Sidecar {
     let addr = free_port();
     let log = home.join("logs").join(format!("{service}.jsonl"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
@@ -51,6 +55,7 @@ fn start_sidecar(home: &Path, service: &str, registry: Option<&Path>) -> Sidecar
     if let Some(r) = registry {
         cmd.arg("--registry").arg(r);
     }
+    cmd.args(extra);
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     for _ in 0..200 {
         if TcpStream::connect(addr).is_ok() {
@@ -299,4 +304,58 @@ async fn logs_follow_one_request_across_three_services_in_order() {
     let human = String::from_utf8_lossy(&pvid(home, &["logs", "--request-id", "trace-3"]).stdout).to_string();
     assert_eq!(human.lines().count(), 4, "{human}");
     assert!(human.lines().nth(1).unwrap().contains("api -> worker"), "{human}");
+}
+
+#[tokio::test]
+async fn decisions_go_to_a_hash_chained_evidence_file_that_audit_verify_checks() {
+    let s = setup().await;
+    let evidence = s.home.path().join("payments.evidence.jsonl");
+    let ok = token(&s.api, "preview-pr-482-payments", now(), "preview-pr-482-api");
+    let stale = token(&s.api, "preview-pr-482-payments", now() - 7200.0, "preview-pr-482-api");
+    {
+        let sc = start_sidecar_with(s.home.path(), "payments", None, &["--evidence", evidence.to_str().unwrap()]);
+        assert_eq!(send(sc.addr, "POST", "/charge", &ok, "rid-ev-1").0, 200);
+        assert_eq!(send(sc.addr, "POST", "/charge", &stale, "rid-ev-2").0, 401);
+    }
+    // A restarted sidecar continues the chain it finds.
+    {
+        let sc = start_sidecar_with(s.home.path(), "payments", None, &["--evidence", evidence.to_str().unwrap()]);
+        assert_eq!(send(sc.addr, "GET", "/admin", &ok, "rid-ev-3").0, 403);
+    }
+    let text = std::fs::read_to_string(&evidence).unwrap();
+    let entries: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen: Vec<(i64, &str, &str)> = entries
+        .iter()
+        .map(|e| (e["seq"].as_i64().unwrap(), e["data"]["request_id"].as_str().unwrap(), e["data"]["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [(1, "rid-ev-1", "ok"), (2, "rid-ev-2", "expired"), (3, "rid-ev-3", "policy_denied")]);
+    assert!(!text.contains(&ok) && !text.contains(ok.rsplit('.').next().unwrap()), "no token in the evidence");
+    let verify = |file: &Path| pvid(s.home.path(), &["audit", "verify", "--file", file.to_str().unwrap(), "--json"]);
+    let out = verify(&evidence);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["entries"], 3);
+    // Edited: the denial turned into an allow is named.
+    let edited = s.home.path().join("edited.jsonl");
+    std::fs::write(&edited, text.replacen("\"reason\":\"expired\"", "\"reason\":\"ok\"", 1)).unwrap();
+    let out = verify(&edited);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["first_bad_seq"], 2);
+    // Deleted: the entry after the hole is named.
+    let deleted = s.home.path().join("deleted.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&deleted, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+    let out = verify(&deleted);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["first_bad_seq"], 3);
+    // A sidecar refuses to append to a broken chain.
+    let out = pvid(s.home.path(), &["proxy", "--preview", "pr-482", "--service", "payments", "--listen", "127.0.0.1:0",
+        "--upstream", "127.0.0.1:9", "--evidence", edited.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("chain broken at entry 2"), "{}", stderr(&out));
+    // The lifecycle trail's export bundle verifies the same way.
+    let bundle = s.home.path().join("bundle.jsonl");
+    assert_eq!(pvid(s.home.path(), &["audit", "export", "pr-482", "--out", bundle.to_str().unwrap()]).status.code(), Some(0));
+    let out = verify(&bundle);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["kind"], "bundle");
 }

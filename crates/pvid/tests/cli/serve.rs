@@ -341,3 +341,41 @@ async fn a_storm_of_unknown_kids_asks_the_control_plane_for_one_refetch() {
     assert_eq!(lines.iter().filter(|l| l["reason"] == "unknown_kid").count(), 100);
     assert_eq!(lines.iter().filter(|l| l["event"] == "registry.refetch").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_works_online_from_the_control_plane_with_no_local_state() {
+    let server_home = tempfile::tempdir().unwrap();
+    let a = serve(server_home.path(), "a", None);
+    let token_file = server_home.path().join("admin.token");
+    let spec = example_spec();
+    // The CLI's own home is empty: everything explain knows comes from the control plane.
+    let client_home = tempfile::tempdir().unwrap();
+    let url = a.url.clone();
+    let online = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str(), "--token-file", token_file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        pvid_with(client_home.path(), &all, &[], None)
+    };
+    assert_eq!(online(&["up", "-f", spec.to_str().unwrap()]).status.code(), Some(0));
+    let mint = pvid_with(server_home.path(), &["token", "mint", "--preview", "pr-482", "--from", "worker", "--to", "payments"], &[], None);
+    assert_eq!(mint.status.code(), Some(0), "{}", stderr(&mint));
+    let token = stdout(&mint).trim().to_owned();
+    let explain = |token: &str| {
+        let out = online(&["explain", token, "--service", "payments", "--preview", "pr-482", "--method", "POST", "--path", "/charge", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        json(&out)
+    };
+    // Live preview: worker may not charge; the rule that would allow it is named.
+    let x = explain(&token);
+    assert_eq!(x["reason"], "policy_denied", "{x}");
+    assert!(x["fix"].as_str().unwrap().contains("payments: POST /charge"), "{x}");
+    assert_eq!(online(&["down", "pr-482"]).status.code(), Some(0));
+    // Torn down through the API: when and by whom, from the control plane's evidence trail.
+    let x = explain(&token);
+    assert_eq!(x["reason"], "preview_torn_down", "{x}");
+    assert!(x["summary"].as_str().unwrap().starts_with("preview pr-482 was torn down by "), "{x}");
+    // A control plane that does not answer is an error, not an explanation without facts.
+    drop(a);
+    let out = online(&["explain", &token, "--service", "payments", "--preview", "pr-482"]);
+    assert_ne!(out.status.code(), Some(0));
+}
