@@ -104,6 +104,7 @@ impl fmt::Debug for ProxyConfig {
             .field("registry", &self.registry)
             .field("signing_key", &self.signing_key)
             .field("log", &self.log)
+            .field("evidence", &self.evidence)
             .field("cache", &self.cache)
             .finish_non_exhaustive()
     }

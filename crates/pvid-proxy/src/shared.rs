@@ -12,8 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
 use crate::cache::TokenCache;
-use crate::signer::{MintCache, Signer};
 use crate::evidence::EvidenceChain;
+use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
 use crate::metrics::Metrics;
 use crate::registry_source::{HttpWatch, RegistrySource};
