@@ -1,10 +1,11 @@
 //! The sidecar's log lines: one typed struct per event kind, turned into one JSON line in exactly
-//! one place ([`encode_line`]), written by a dedicated thread.
+//! one place ([`encode_line`]).
 //!
-//! Why a thread and an acknowledgement: writing to a pipe or a slow disk must not stall the async
-//! runtime, yet a decision must be on record before it takes effect. [`LogSink::record`] hands the
-//! line to the writer and waits (asynchronously) until it was written and flushed, so the line of
-//! a request is always in the file before its response leaves the sidecar.
+//! A decision must be on record before it takes effect: [`LogSink::record`] returns once the line
+//! is written, so the line of a request is always in the file before its response leaves the
+//! sidecar. A log file is appended to in place (cheap: page cache); standard output, which may be
+//! a pipe, is written by a dedicated thread that the request waits for, so a slow reader stalls
+//! that thread and not the async runtime.
 //!
 //! Tokens never reach this module: events hold only what DESIGN.md's decision line names, and
 //! every string read from a token is cut to [`MAX_TOKEN_FIELD_CHARS`]. JSON escaping keeps a value
@@ -12,7 +13,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use pvid_core::ReasonCode;
 use serde::Serialize;
@@ -175,70 +176,114 @@ struct Line {
     written: Option<oneshot::Sender<()>>,
 }
 
-/// Sends lines to the writer thread. Cheap to clone.
-#[derive(Clone, Debug)]
-pub(crate) struct LogSink {
-    tx: mpsc::Sender<Line>,
-}
-
 impl std::fmt::Debug for Line {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Line")
     }
 }
 
+/// Where lines go (a file or stdout) and the evidence chain that follows them.
+struct LineWriter {
+    out: Box<dyn Write + Send>,
+    evidence: Option<EvidenceChain>,
+    reported: bool,
+}
+
+impl LineWriter {
+    fn write(&mut self, text: &str) {
+        // One write per line: with O_APPEND, lines from several writers never interleave. (A
+        // File has no buffer to flush; stdout's is flushed so the line leaves now.)
+        if let Err(e) = self.out.write_all(text.as_bytes()).and_then(|()| self.out.flush()) {
+            report_once(&mut self.reported, "cannot write log line", &e);
+        }
+        if let Some(chain) = self.evidence.as_mut()
+            && let Err(e) = chain.append_if_decision(text.trim_end(), unix_ms())
+        {
+            report_once(&mut self.reported, "cannot append to the evidence file", &e);
+        }
+    }
+}
+
+fn report_once(reported: &mut bool, what: &str, e: &std::io::Error) {
+    // The log itself is broken; say so once where an operator may see it.
+    if !*reported {
+        eprintln!("pvid proxy: {what}: {e}");
+        *reported = true;
+    }
+}
+
+/// Where [`LogSink::record`] puts a line.
+#[derive(Clone)]
+enum Writer {
+    /// A regular file: written in place, under a lock. A page-cache append costs a few
+    /// microseconds, far less than handing the line to a thread and waiting for its answer
+    /// (two context switches per request; see docs/PERFORMANCE.md).
+    File(Arc<Mutex<LineWriter>>),
+    /// Standard output, which may be a pipe a slow reader drains: written by a dedicated thread
+    /// so a full pipe stalls that thread, not the async runtime.
+    Thread(mpsc::Sender<Line>),
+}
+
+/// Writes log lines. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct LogSink {
+    writer: Writer,
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.writer {
+            Writer::File(_) => "LogSink(file)",
+            Writer::Thread(_) => "LogSink(stdout)",
+        })
+    }
+}
+
 impl LogSink {
-    /// Opens the target and starts the writer thread. The thread ends when the last sink is
-    /// dropped.
-    /// Decision lines are also appended to `evidence` when given, after the log line is written.
-    pub(crate) fn open(target: &LogTarget, mut evidence: Option<EvidenceChain>) -> Result<LogSink, ProxyError> {
-        let mut out: Box<dyn Write + Send> = match target {
-            LogTarget::Stdout => Box::new(std::io::stdout()),
-            LogTarget::File(path) => Box::new(
-                OpenOptions::new()
+    /// Opens the target (for stdout, starts the writer thread, which ends when the last sink is
+    /// dropped). Decision lines are also appended to `evidence` when given, after the log line.
+    pub(crate) fn open(target: &LogTarget, evidence: Option<EvidenceChain>) -> Result<LogSink, ProxyError> {
+        let writer = match target {
+            LogTarget::File(path) => {
+                let file = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|source| ProxyError::OpenLog { path: path.clone(), source })?,
-            ),
+                    .map_err(|source| ProxyError::OpenLog { path: path.clone(), source })?;
+                Writer::File(Arc::new(Mutex::new(LineWriter { out: Box::new(file), evidence, reported: false })))
+            }
+            LogTarget::Stdout => {
+                let mut out = LineWriter { out: Box::new(std::io::stdout()), evidence, reported: false };
+                let (tx, rx) = mpsc::channel::<Line>();
+                std::thread::Builder::new()
+                    .name("pvid-log".into())
+                    .spawn(move || {
+                        for line in rx {
+                            out.write(&line.text);
+                            if let Some(done) = line.written {
+                                let _ = done.send(());
+                            }
+                        }
+                    })
+                    .map_err(|source| ProxyError::StartLogWriter { source })?;
+                Writer::Thread(tx)
+            }
         };
-        let (tx, rx) = mpsc::channel::<Line>();
-        std::thread::Builder::new()
-            .name("pvid-log".into())
-            .spawn(move || {
-                let (mut reported, mut evidence_reported) = (false, false);
-                for line in rx {
-                    // One write per line: with O_APPEND, lines from several writers never interleave.
-                    let res = out.write_all(line.text.as_bytes()).and_then(|()| out.flush());
-                    if let Err(e) = res
-                        && !reported
-                    {
-                        // The log itself is broken; say so once where an operator may see it.
-                        eprintln!("pvid proxy: cannot write log line: {e}");
-                        reported = true;
-                    }
-                    if let Some(chain) = evidence.as_mut()
-                        && let Err(e) = chain.append_if_decision(line.text.trim_end(), unix_ms())
-                        && !evidence_reported
-                    {
-                        eprintln!("pvid proxy: cannot append to the evidence file: {e}");
-                        evidence_reported = true;
-                    }
-                    if let Some(done) = line.written {
-                        let _ = done.send(());
-                    }
-                }
-            })
-            .map_err(|source| ProxyError::StartLogWriter { source })?;
-        Ok(LogSink { tx })
+        Ok(LogSink { writer })
     }
 
-    /// Writes one event and waits until it is written and flushed.
+    /// Writes one event; returns once it is written (a decision is on record before it takes
+    /// effect).
     pub(crate) async fn record<E: Serialize>(&self, event: &E) {
         let Some(text) = encode_line(event) else { return };
-        let (done, written) = oneshot::channel();
-        if self.tx.send(Line { text, written: Some(done) }).is_ok() {
-            let _ = written.await;
+        match &self.writer {
+            Writer::File(w) => w.lock().unwrap_or_else(PoisonError::into_inner).write(&text),
+            Writer::Thread(tx) => {
+                let (done, written) = oneshot::channel();
+                if tx.send(Line { text, written: Some(done) }).is_ok() {
+                    let _ = written.await;
+                }
+            }
         }
     }
 }
