@@ -18,6 +18,7 @@ use pvid_core::ReasonCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::otlp::OtlpQueue;
 use crate::{LogTarget, ProxyError};
 
 /// Longest string taken from a token (`kid`, `iss`, `aud`) or a request (`path`) into a line.
@@ -124,6 +125,20 @@ pub(crate) struct LimitEvent<'a> {
     pub detail: String,
 }
 
+/// `event: "otlp.export_failed"` (once per distinct cause) or `"otlp.recovered"`. Written to the
+/// log only, never exported.
+#[derive(Debug, Serialize)]
+pub(crate) struct OtlpEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    pub endpoint: String,
+    /// Records dropped with the batch that failed.
+    pub dropped: u64,
+    pub error: Option<String>,
+}
+
 /// The one place an event becomes a line.
 fn encode_line<E: Serialize>(event: &E) -> Option<String> {
     let mut line = serde_json::to_string(event).ok()?;
@@ -174,6 +189,8 @@ struct Line {
 #[derive(Clone, Debug)]
 pub(crate) struct LogSink {
     tx: mpsc::Sender<Line>,
+    /// Also offers each written line for OTLP export, when configured.
+    otlp: Option<OtlpQueue>,
 }
 
 impl std::fmt::Debug for Line {
@@ -217,15 +234,25 @@ impl LogSink {
                 }
             })
             .map_err(|source| ProxyError::StartLogWriter { source })?;
-        Ok(LogSink { tx })
+        Ok(LogSink { tx, otlp: None })
+    }
+
+    /// This sink, also offering every line it writes to `queue`.
+    pub(crate) fn with_otlp(self, queue: OtlpQueue) -> LogSink {
+        LogSink { otlp: Some(queue), ..self }
     }
 
     /// Writes one event and waits until it is written and flushed.
     pub(crate) async fn record<E: Serialize>(&self, event: &E) {
         let Some(text) = encode_line(event) else { return };
+        let export = self.otlp.as_ref().map(|q| (q, text.trim_end_matches('\n').to_owned()));
         let (done, written) = oneshot::channel();
         if self.tx.send(Line { text, written: Some(done) }).is_ok() {
             let _ = written.await;
+        }
+        // After the write: the file is the record of truth; export never waits.
+        if let Some((queue, line)) = export {
+            queue.offer(line);
         }
     }
 }

@@ -150,6 +150,7 @@ async fn revocation_propagation(pg: Option<&str>, sidecars: usize, trials: usize
                 log: LogTarget::File(home.path().join(format!("sidecar-{trial}-{s}.jsonl"))),
                 clock: Arc::new(SystemClock),
                 cache: true,
+                otlp: None,
             };
             let proxy = Proxy::bind(config).await.expect("sidecar");
             addrs.push(proxy.inbound_addr());
