@@ -13,6 +13,8 @@
 //!   registry, and a registry no replica could confirm for too long fails closed.
 //! - **Decision log** (`log.rs`): exactly one JSON line per request, written before the response
 //!   leaves, never holding a token.
+//! - **OTLP** (`otlp.rs`, optional): every log line also exported as an OTLP/HTTP JSON log
+//!   record, best effort (bounded queue, batches, drops counted); the log stays the record.
 //! - **Admin** (`admin.rs`, optional): `/healthz` (registry in force, this host's clock) and
 //!   `/metrics` (Prometheus, `metrics.rs`).
 //!
@@ -30,6 +32,7 @@ mod inbound;
 mod limits;
 mod log;
 mod metrics;
+mod otlp;
 mod registry_source;
 mod registry_watch;
 mod respond;
@@ -48,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::limits::Limits;
+pub use crate::otlp::OtlpEndpoint;
 pub use crate::signer::{MintCache, Minted, SignError, Signer, mint_with};
 #[cfg(feature = "openbao")]
 pub use crate::signer::TransitSigner;
@@ -91,6 +95,8 @@ pub struct ProxyConfig {
     pub clock: Arc<dyn Clock>,
     /// Whether verified tokens are cached (by SHA-256 of the token). On by default in the CLI.
     pub cache: bool,
+    /// Also export log lines to this OTLP/HTTP collector; `None` disables export.
+    pub otlp: Option<OtlpEndpoint>,
 }
 
 impl fmt::Debug for ProxyConfig {
@@ -106,6 +112,7 @@ impl fmt::Debug for ProxyConfig {
             .field("log", &self.log)
             .field("evidence", &self.evidence)
             .field("cache", &self.cache)
+            .field("otlp", &self.otlp)
             .finish_non_exhaustive()
     }
 }
@@ -240,7 +247,8 @@ impl Proxy {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets open connections finish
-    /// their current request (bounded grace period) and returns.
+    /// their current request (bounded grace period), waits (bounded) for the OTLP exporter to
+    /// send what is queued, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ProxyError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -263,6 +271,12 @@ impl Proxy {
         watcher.abort();
         if let Some(task) = admin {
             task.abort();
+        }
+        // Export what is still queued: the queue closes when the last `Shared` goes away.
+        let otlp_task = self.shared.otlp_task.lock().ok().and_then(|mut t| t.take());
+        drop(self.shared);
+        if let Some(task) = otlp_task {
+            let _ = tokio::time::timeout(otlp::FLUSH_PATIENCE, task).await;
         }
         inbound_result.map_err(|source| ProxyError::Serve { listener: "inbound", source })?;
         egress_result.map_err(|source| ProxyError::Serve { listener: "egress", source })?;

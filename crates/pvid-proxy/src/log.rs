@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::evidence::EvidenceChain;
+use crate::otlp::OtlpQueue;
 use crate::{LogTarget, ProxyError};
 
 fn unix_ms() -> i64 {
@@ -130,6 +131,20 @@ pub(crate) struct LimitEvent<'a> {
     pub detail: String,
 }
 
+/// `event: "otlp.export_failed"` (once per distinct cause) or `"otlp.recovered"`. Written to the
+/// log only, never exported.
+#[derive(Debug, Serialize)]
+pub(crate) struct OtlpEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    pub endpoint: String,
+    /// Records dropped with the batch that failed.
+    pub dropped: u64,
+    pub error: Option<String>,
+}
+
 /// The one place an event becomes a line.
 fn encode_line<E: Serialize>(event: &E) -> Option<String> {
     let mut line = serde_json::to_string(event).ok()?;
@@ -228,6 +243,8 @@ enum Writer {
 #[derive(Clone)]
 pub(crate) struct LogSink {
     writer: Writer,
+    /// Also offers each written line for OTLP export, when configured.
+    otlp: Option<OtlpQueue>,
 }
 
 impl std::fmt::Debug for LogSink {
@@ -269,13 +286,19 @@ impl LogSink {
                 Writer::Thread(tx)
             }
         };
-        Ok(LogSink { writer })
+        Ok(LogSink { writer, otlp: None })
+    }
+
+    /// This sink, also offering every line it writes to `queue`.
+    pub(crate) fn with_otlp(self, queue: OtlpQueue) -> LogSink {
+        LogSink { otlp: Some(queue), ..self }
     }
 
     /// Writes one event; returns once it is written (a decision is on record before it takes
     /// effect).
     pub(crate) async fn record<E: Serialize>(&self, event: &E) {
         let Some(text) = encode_line(event) else { return };
+        let export = self.otlp.as_ref().map(|q| (q, text.trim_end_matches('\n').to_owned()));
         match &self.writer {
             Writer::File(w) => w.lock().unwrap_or_else(PoisonError::into_inner).write(&text),
             Writer::Thread(tx) => {
@@ -284,6 +307,10 @@ impl LogSink {
                     let _ = written.await;
                 }
             }
+        }
+        // After the write: the file is the record of truth; export never waits.
+        if let Some((queue, line)) = export {
+            queue.offer(line);
         }
     }
 }

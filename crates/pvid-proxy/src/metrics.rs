@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pvid_core::ReasonCode;
+use std::sync::Arc;
+
+use crate::otlp::OtlpStats;
 
 /// Upper bounds of the latency histogram, in microseconds.
 const LATENCY_BUCKETS_US: [u64; 11] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000];
@@ -21,6 +24,8 @@ pub(crate) struct Metrics {
     cache_misses: AtomicU64,
     mints_ok: AtomicU64,
     mints_failed: AtomicU64,
+    /// Shared with the OTLP exporter and the log sink (zero when export is off).
+    pub otlp: Arc<OtlpStats>,
 }
 
 impl Metrics {
@@ -80,6 +85,14 @@ impl Metrics {
         out.push_str("# HELP pvid_proxy_registry_age_seconds Seconds since the registry in force was loaded.\n");
         out.push_str("# TYPE pvid_proxy_registry_age_seconds gauge\n");
         let _ = writeln!(out, "pvid_proxy_registry_age_seconds {registry_age_s:.3}");
+        out.push_str("# HELP pvid_otlp_exported_total Log records accepted by the OTLP collector.\n");
+        out.push_str("# TYPE pvid_otlp_exported_total counter\n");
+        let _ = writeln!(out, "pvid_otlp_exported_total {}", get(&self.otlp.exported));
+        out.push_str("# HELP pvid_otlp_dropped_total Log records not exported to OTLP, by why.\n");
+        out.push_str("# TYPE pvid_otlp_dropped_total counter\n");
+        let _ = writeln!(out, "pvid_otlp_dropped_total{{why=\"queue_full\"}} {}", get(&self.otlp.dropped_queue_full));
+        let _ =
+            writeln!(out, "pvid_otlp_dropped_total{{why=\"export_failed\"}} {}", get(&self.otlp.dropped_export_failed));
         out
     }
 }
@@ -102,5 +115,6 @@ mod tests {
         assert!(text.contains("pvid_proxy_decision_duration_seconds_count 2\n"));
         assert!(text.contains("pvid_proxy_token_cache_lookups_total{outcome=\"hit\"} 1\n"));
         assert!(text.contains("pvid_proxy_registry_version{state=\"active\"} 7\n"));
+        assert!(text.contains("pvid_otlp_dropped_total{why=\"export_failed\"} 0\n"));
     }
 }

@@ -16,6 +16,7 @@ use crate::evidence::EvidenceChain;
 use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
 use crate::metrics::Metrics;
+use crate::otlp;
 use crate::registry_source::{HttpWatch, RegistrySource};
 use crate::registry_watch::{RegistryHandle, Snapshot, first_fetch};
 use crate::{ProxyConfig, ProxyError};
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub signing_key: Option<Arc<dyn Signer>>,
     pub minted: MintCache,
     pub metrics: Metrics,
+    /// The OTLP export task, taken by `serve` to wait for the last batch.
+    pub otlp_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -78,6 +81,23 @@ impl Shared {
             }
         };
 
+        let metrics = Metrics::default();
+        let mut otlp_task = None;
+        // The exporter logs its own failures to the plain sink: exporting them would loop.
+        let log = match &config.otlp {
+            Some(endpoint) => {
+                let resource = otlp::Resource {
+                    preview_id: config.preview.as_str().to_owned(),
+                    service: config.service.as_str().to_owned(),
+                };
+                let (queue, task) =
+                    otlp::start(endpoint.clone(), resource, metrics.otlp.clone(), log.clone(), config.clock.clone());
+                otlp_task = Some(task);
+                log.with_otlp(queue)
+            }
+            None => log,
+        };
+
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -100,7 +120,8 @@ impl Shared {
             client,
             signing_key: config.signing_key,
             minted: MintCache::default(),
-            metrics: Metrics::default(),
+            metrics,
+            otlp_task: std::sync::Mutex::new(otlp_task),
         };
         let current = shared.registry.load();
         shared.log.record(&shared.registry_event("registry.loaded", &current, None, None)).await;

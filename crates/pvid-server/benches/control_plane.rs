@@ -151,6 +151,7 @@ async fn revocation_propagation(pg: Option<&str>, sidecars: usize, trials: usize
                 evidence: None,
                 clock: Arc::new(SystemClock),
                 cache: true,
+                otlp: None,
             };
             let proxy = Proxy::bind(config).await.expect("sidecar");
             addrs.push(proxy.inbound_addr());

@@ -7,7 +7,7 @@
 use anyhow::anyhow;
 use clap::Args;
 use pvid_core::{Clock, PreviewId, ServiceName, SystemClock};
-use pvid_proxy::{HttpRegistry, LogTarget, Proxy, ProxyConfig, RegistrySource};
+use pvid_proxy::{HttpRegistry, LogTarget, OtlpEndpoint, Proxy, ProxyConfig, RegistrySource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +63,10 @@ pub struct ProxyArgs {
     /// Turn the verified-token cache off (every request pays a signature check).
     #[arg(long)]
     no_cache: bool,
+    /// Also export every log line as an OTLP log record (OTLP/HTTP JSON, POST
+    /// `URL/v1/logs`), best effort; plain `http://` only. The log stays the record.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Read the private key from this file (the document `pvid render` puts in a Kubernetes
     /// Secret or a Compose secret file) instead of the secret store under PVID_HOME.
     #[arg(long, value_name = "FILE")]
@@ -70,6 +74,14 @@ pub struct ProxyArgs {
 }
 
 pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
+    // Checked first: a bad endpoint is refused before any key or registry is touched.
+    let otlp = match a.otlp_endpoint.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(e) => Some(
+            OtlpEndpoint::parse(e)
+                .map_err(|e| invalid(anyhow!("--otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT): {e}")))?,
+        ),
+        None => None,
+    };
     let registry = match a.registry.as_deref() {
         Some(r) if r.contains("://") => {
             let mut h = HttpRegistry::parse(r).map_err(|e| invalid(anyhow!("--registry: {e}")))?;
@@ -111,6 +123,7 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
             Arc::new(OffsetClock(a.dangerous_clock_offset_for_tests))
         },
         cache: !a.no_cache,
+        otlp,
     };
     // A registry that is missing, invalid, of another preview or without this service is a
     // problem with what the operator asked for (exit 2); a port in use is operational (exit 3).

@@ -86,6 +86,7 @@ async fn request_level_cases_give_their_expected_reasons_through_a_real_sidecar(
         evidence: None,
         clock: Arc::new(FixedClock(1_796_299_200.0)),
         cache: true,
+        otlp: None,
     })
     .await;
 

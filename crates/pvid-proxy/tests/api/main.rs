@@ -5,5 +5,6 @@ mod cases;
 mod egress;
 mod inbound;
 mod limits;
+mod otlp;
 mod registry;
 mod support;

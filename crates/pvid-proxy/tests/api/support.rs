@@ -274,6 +274,7 @@ impl World {
             evidence: None,
             clock,
             cache: true,
+            otlp: None,
         }
     }
 
@@ -301,6 +302,19 @@ impl Sidecar {
     pub async fn start_with_limits(config: ProxyConfig, limits: Limits) -> Sidecar {
         let LogTarget::File(log) = config.log.clone() else { panic!("tests log to a file") };
         let proxy = Proxy::bind_with_limits(config, limits).await.unwrap();
+        Sidecar::serve(proxy, log)
+    }
+
+    /// A sidecar with its admin listener (`/healthz`, `/metrics`) on 127.0.0.1; returns the
+    /// admin address too.
+    pub async fn start_with_admin(config: ProxyConfig) -> (Sidecar, SocketAddr) {
+        let LogTarget::File(log) = config.log.clone() else { panic!("tests log to a file") };
+        let mut proxy = Proxy::bind(config).await.unwrap();
+        let admin = proxy.bind_admin("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        (Sidecar::serve(proxy, log), admin)
+    }
+
+    fn serve(proxy: Proxy, log: PathBuf) -> Sidecar {
         let (stop, stopped) = oneshot::channel::<()>();
         let inbound = proxy.inbound_addr();
         let egress = proxy.egress_addr();
