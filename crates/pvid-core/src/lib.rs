@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod cache;
 pub mod clock;
 pub mod duration;
 pub mod evidence;

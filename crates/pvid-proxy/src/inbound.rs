@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pvid_core::{ReasonCode, Rejection, TokenInfo, Verified};
 
-use crate::cache::TokenCache;
+use pvid_core::cache::TokenCache;
 use crate::headers::{self, X_PVID_CALLER, X_PVID_PREVIEW, X_REQUEST_ID};
 use crate::log::{DecisionEvent, DecisionResult, clip_detail, clip_field, rfc3339_millis};
 use crate::registry_watch::Snapshot;

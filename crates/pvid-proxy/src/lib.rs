@@ -24,7 +24,6 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
-mod cache;
 mod egress;
 mod evidence;
 mod headers;

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
-use crate::cache::TokenCache;
+use pvid_core::cache::TokenCache;
 use crate::evidence::EvidenceChain;
 use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
