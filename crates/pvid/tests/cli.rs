@@ -8,6 +8,7 @@ mod cli {
     mod doctor;
     mod explain;
     mod lifecycle;
+    mod matrix;
     mod secrets;
     mod render;
     mod openbao;
