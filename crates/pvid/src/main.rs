@@ -18,7 +18,9 @@ mod backend;
 mod cmd_doctor;
 mod cmd_explain;
 mod cmd_lifecycle;
+mod cmd_matrix;
 mod cmd_proxy;
+mod cmd_recommend;
 mod cmd_render;
 mod cmd_serve;
 mod cmd_token;
@@ -97,6 +99,15 @@ enum Command {
     /// Preview-scoped identities, default deny, and exactly the calls the spec allows. Output is
     /// deterministic (sorted keys, stable names); key material only with --include-secrets.
     Render(cmd_render::RenderArgs),
+    /// Try every caller → callee edge of a live preview through its sidecars, against the spec.
+    ///
+    /// Each rule's methods and paths, plus what the spec forbids (another method, a path beside
+    /// the rule's, /admin, edges with no rule). Exit 0 when every probe matches, 1 on a mismatch,
+    /// 3 when a sidecar cannot be reached.
+    Matrix(cmd_matrix::MatrixArgs),
+    /// Recommend a pattern (shared, per-service, mesh, sidecar) for a size and substrate, and
+    /// the next commands.
+    Recommend(cmd_recommend::RecommendArgs),
     /// Run a real four-service preview on loopback, end to end, and check every decision.
     Demo(demo::DemoArgs),
     /// Run the control plane: the /v1 API, registry watch for sidecars, TTL reaper.
@@ -146,6 +157,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Doctor(a) => cmd_doctor::run(&home, a).await,
         Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
         Command::Render(a) => cmd_render::run(&home, a).await,
+        Command::Matrix(a) => cmd_matrix::run(&home, a).await,
+        Command::Recommend(a) => cmd_recommend::run(a),
         Command::Demo(a) => demo::run(a).await,
         Command::Serve(a) => cmd_serve::run(&home, a).await,
     }

@@ -8,6 +8,7 @@ mod cli {
     mod doctor;
     mod explain;
     mod lifecycle;
+    mod matrix;
     mod otlp;
     mod secrets;
     mod render;
