@@ -460,14 +460,16 @@ impl Control {
             self.state.append_evidence(id, "key.revoked", json!({"service": k.service, "kid": k.kid, "reason": "teardown"})).await?;
         }
         self.failpoint("after_revoke").await;
+        let listed = self.secrets_of(id).await?;
         let mut paths: Vec<SecretPath> = rec.config.services.iter().map(|s| SecretPath::private_key(id, &s.name)).collect();
-        paths.extend(self.secrets_of(id).await?);
+        paths.extend(listed.iter().cloned());
         paths.sort();
         paths.dedup();
         for path in &paths {
             // A path that does not exist is not deleted (under transit custody no KV path
-            // exists); one that cannot be read is deleted anyway.
-            let existed = self.secrets.get(path).await.map(|v| v.is_some()).unwrap_or(true);
+            // exists); one that cannot be read is deleted anyway, and so is one the store lists
+            // without a readable value (a local write killed before its rename).
+            let existed = listed.contains(path) || self.secrets.get(path).await.map(|v| v.is_some()).unwrap_or(true);
             if existed {
                 self.secrets.delete(path).await?;
                 self.state.append_evidence(id, "secret.deleted", json!({"path": path.to_string(), "store": self.secrets.kind()})).await?;

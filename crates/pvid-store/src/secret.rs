@@ -323,7 +323,9 @@ impl SecretStore for LocalSecretStore {
         };
         for (preview, pdir) in read(&base)? {
             for (service, sdir) in read(&pdir)? {
-                if sdir.join("private-key.sealed").exists() {
+                // A `.tmp` alone is a write killed before its rename: sealed key material all the
+                // same, so it is listed (and found by the orphan audit, removed by `delete`).
+                if sdir.join("private-key.sealed").exists() || sdir.join("private-key.tmp").exists() {
                     out.push(SecretPath::parse(&format!("preview/{preview}/{service}/private-key"))?);
                 }
             }
@@ -441,6 +443,22 @@ mod tests {
         store.delete(&p).await.unwrap();
         assert!(store.get(&p).await.unwrap().is_none());
         assert!(store.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_killed_before_its_rename_is_listed_and_deleted() {
+        // Found by the crash test: a `pvid up` killed between writing `private-key.tmp` and the
+        // rename left sealed key material that teardown, the listing and the audit all missed.
+        let home = tempfile::tempdir().unwrap();
+        let store = LocalSecretStore::open(home.path()).unwrap();
+        let p = path("pr-1", "api");
+        store.put(&p, b"key").await.unwrap();
+        fs::rename(store.file(&p), store.file(&p).with_extension("tmp")).unwrap();
+        assert!(store.get(&p).await.unwrap().is_none(), "no complete value");
+        assert_eq!(store.list().await.unwrap(), vec![p.clone()], "but listed");
+        store.delete(&p).await.unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(!store.file(&p).with_extension("tmp").exists());
     }
 
     #[tokio::test]
