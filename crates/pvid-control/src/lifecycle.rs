@@ -578,7 +578,7 @@ impl Control {
     }
 
     async fn secrets_of(&self, id: &PreviewId) -> Result<Vec<SecretPath>, LifecycleError> {
-        Ok(self.secrets.list().await?.into_iter().filter(|p| &p.preview == id).collect())
+        Ok(self.secrets.list_preview(id).await?)
     }
 }
 

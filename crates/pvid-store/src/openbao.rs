@@ -11,7 +11,7 @@
 use async_trait::async_trait;
 use base64::Engine as _;
 use pvid_bao::{Client, transit_key_type, transit_public_jwk};
-use pvid_core::Algorithm;
+use pvid_core::{Algorithm, PreviewId};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
@@ -39,6 +39,21 @@ impl OpenBaoSecretStore {
 
     fn still_present(&self, what: String) -> StoreError {
         StoreError::StillPresent { store: self.location(), what }
+    }
+
+    /// Appends the secrets under `preview/<preview>/` to `out`.
+    async fn list_services(&self, preview: &str, out: &mut Vec<SecretPath>) -> Result<(), StoreError> {
+        for service in self.client.kv_list(&format!("preview/{preview}")).await? {
+            let Some(service) = service.strip_suffix('/') else { continue };
+            let leaves = self.client.kv_list(&format!("preview/{preview}/{service}")).await?;
+            if leaves.iter().any(|l| l == "private-key") {
+                // Entries that are not pvid paths (not DNS labels) are not pvid's: skipped.
+                if let Ok(p) = SecretPath::parse(&format!("preview/{preview}/{service}/private-key")) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -109,17 +124,15 @@ impl SecretStore for OpenBaoSecretStore {
         let mut out = Vec::new();
         for preview in self.client.kv_list("preview").await? {
             let Some(preview) = preview.strip_suffix('/') else { continue };
-            for service in self.client.kv_list(&format!("preview/{preview}")).await? {
-                let Some(service) = service.strip_suffix('/') else { continue };
-                let leaves = self.client.kv_list(&format!("preview/{preview}/{service}")).await?;
-                if leaves.iter().any(|l| l == "private-key") {
-                    // Entries that are not pvid paths (not DNS labels) are not pvid's: skipped.
-                    if let Ok(p) = SecretPath::parse(&format!("preview/{preview}/{service}/private-key")) {
-                        out.push(p);
-                    }
-                }
-            }
+            self.list_services(preview, &mut out).await?;
         }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn list_preview(&self, preview: &PreviewId) -> Result<Vec<SecretPath>, StoreError> {
+        let mut out = Vec::new();
+        self.list_services(preview.as_str(), &mut out).await?;
         out.sort();
         Ok(out)
     }

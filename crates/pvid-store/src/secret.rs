@@ -132,6 +132,12 @@ pub trait SecretStore: Send + Sync {
     /// Lists every secret under `preview/`.
     async fn list(&self) -> Result<Vec<SecretPath>, StoreError>;
 
+    /// Lists the secrets of one preview (`preview/<id>/`). Teardown asks this several times;
+    /// stores override it so its cost does not grow with the number of previews stored.
+    async fn list_preview(&self, preview: &PreviewId) -> Result<Vec<SecretPath>, StoreError> {
+        Ok(self.list().await?.into_iter().filter(|p| &p.preview == preview).collect())
+    }
+
     /// Writes a private key with metadata about it. Stores that keep metadata (OpenBao KV v2
     /// custom metadata) record it; the others store the value alone.
     async fn put_key(&self, path: &SecretPath, value: &[u8], meta: &SecretMeta<'_>) -> Result<(), StoreError> {
@@ -207,6 +213,25 @@ impl LocalSecretStore {
             path: key_path.clone(),
         })?);
         Ok(LocalSecretStore { root, key })
+    }
+
+    /// Appends the secrets found in one preview's folder `pdir` to `out`.
+    fn list_services(&self, preview: &str, pdir: &Path, out: &mut Vec<SecretPath>) -> Result<(), StoreError> {
+        let entries = match fs::read_dir(pdir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::SecretIo { operation: "list", path: pdir.to_owned(), source }),
+        };
+        for e in entries.filter_map(Result::ok) {
+            let sdir = e.path();
+            // A `.tmp` alone is a write killed before its rename: sealed key material all the
+            // same, so it is listed (and found by the orphan audit, removed by `delete`).
+            if sdir.join("private-key.sealed").exists() || sdir.join("private-key.tmp").exists() {
+                let service = e.file_name().to_string_lossy().into_owned();
+                out.push(SecretPath::parse(&format!("preview/{preview}/{service}/private-key"))?);
+            }
+        }
+        Ok(())
     }
 
     fn file(&self, path: &SecretPath) -> PathBuf {
@@ -322,14 +347,15 @@ impl SecretStore for LocalSecretStore {
             }
         };
         for (preview, pdir) in read(&base)? {
-            for (service, sdir) in read(&pdir)? {
-                // A `.tmp` alone is a write killed before its rename: sealed key material all the
-                // same, so it is listed (and found by the orphan audit, removed by `delete`).
-                if sdir.join("private-key.sealed").exists() || sdir.join("private-key.tmp").exists() {
-                    out.push(SecretPath::parse(&format!("preview/{preview}/{service}/private-key"))?);
-                }
-            }
+            self.list_services(&preview, &pdir, &mut out)?;
         }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn list_preview(&self, preview: &PreviewId) -> Result<Vec<SecretPath>, StoreError> {
+        let mut out = Vec::new();
+        self.list_services(preview.as_str(), &self.root.join("preview").join(preview.as_str()), &mut out)?;
         out.sort();
         Ok(out)
     }
@@ -439,6 +465,8 @@ mod tests {
         assert_eq!(fs::metadata(store.file(&p)).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(home.path().join("master.key")).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(store.list().await.unwrap(), vec![p.clone()]);
+        assert_eq!(store.list_preview(&"pr-1".parse().unwrap()).await.unwrap(), vec![p.clone()]);
+        assert!(store.list_preview(&"pr-2".parse().unwrap()).await.unwrap().is_empty());
         store.delete(&p).await.unwrap();
         store.delete(&p).await.unwrap();
         assert!(store.get(&p).await.unwrap().is_none());

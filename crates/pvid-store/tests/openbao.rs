@@ -33,6 +33,8 @@ async fn private_keys_round_trip_with_custom_metadata_and_leave_nothing_when_del
         serde_json::json!({"preview": "pr-5", "service": "api", "kid": "api-1-abc", "created_at": "1700000000"})
     );
     assert_eq!(s.list().await.unwrap(), vec![p.clone(), path("pr-5", "worker")]);
+    assert_eq!(s.list_preview(&"pr-5".parse().unwrap()).await.unwrap(), vec![p.clone(), path("pr-5", "worker")]);
+    assert!(s.list_preview(&"pr-55".parse().unwrap()).await.unwrap().is_empty(), "a prefix is not the preview");
 
     s.delete(&p).await.unwrap();
     s.delete(&p).await.unwrap();
