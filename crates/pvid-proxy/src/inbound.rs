@@ -12,9 +12,9 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use pvid_core::cache::TokenCache;
 use pvid_core::{ReasonCode, Rejection, TokenInfo, Verified};
 
-use pvid_core::cache::TokenCache;
 use crate::headers::{self, X_PVID_CALLER, X_PVID_PREVIEW, X_REQUEST_ID};
 use crate::log::{DecisionEvent, DecisionResult, clip_detail, clip_field, rfc3339_millis};
 use crate::registry_watch::Snapshot;

@@ -9,14 +9,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pvid_core::cache::TokenCache;
 use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
-use pvid_core::cache::TokenCache;
 use crate::evidence::EvidenceChain;
-use crate::signer::{MintCache, Signer};
 use crate::log::LogSink;
 use crate::metrics::Metrics;
 use crate::otlp;
+use crate::signer::{MintCache, Signer};
 use crate::registry_source::{HttpWatch, RegistrySource};
 use crate::registry_watch::{RegistryHandle, Snapshot, first_fetch};
 use crate::{ProxyConfig, ProxyError};
