@@ -63,8 +63,10 @@ pub fn token(data: &[u8]) {
     if mode % 2 == 0 {
         let values = [rest];
         let result = extract_bearer(&values).and_then(|t| f.verifier.verify(t, NOW));
+        // Only a token-sized text can be "quoted": an input of whitespace trims to "", which
+        // every detail contains (a harness false positive the fuzzer found, not a leak).
         if let (Err(rej), Ok(text)) = (&result, std::str::from_utf8(rest))
-            && text.len() > 64
+            && text.trim().len() > 64
         {
             assert!(!rej.detail.contains(text.trim()), "a refusal quotes the whole token");
         }
