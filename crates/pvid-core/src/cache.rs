@@ -112,6 +112,7 @@ mod tests {
             kid: kid.into(),
             audience: "preview-pr-1-orders".into(),
             exp,
+            iat: None,
             jti: None,
         }
     }

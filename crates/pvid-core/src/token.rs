@@ -173,6 +173,8 @@ pub struct Verified {
     pub audience: String,
     /// Expiry (Unix seconds).
     pub exp: f64,
+    /// Issued-at (Unix seconds), if the token carries it.
+    pub iat: Option<f64>,
     /// `jti`, if any.
     pub jti: Option<String>,
 }
@@ -529,6 +531,7 @@ impl Verifier {
             kid: kid.to_owned(),
             audience: (*matched).to_owned(),
             exp,
+            iat,
             jti: info.jti.clone(),
         })
     }

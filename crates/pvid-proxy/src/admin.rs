@@ -54,6 +54,11 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "registry_state": reg.state.as_str(),
                 "registry_age_s": age,
                 "clock_unix_ms": (now * 1000.0).round() as i64,
+                // The key egress signs with, and whether the registry still publishes it: a
+                // sidecar reads its key once at start, so a preview torn down and provisioned
+                // again under the same id leaves it signing with a revoked key.
+                "signing_kid": shared.signing_key.as_ref().map(|k| k.kid().to_owned()),
+                "signing_key_live": shared.signing_key.as_ref().map(|k| snapshot.kids_of(&shared.service).iter().any(|kid| kid == k.kid())),
             })
             .to_string(),
         ),

@@ -212,9 +212,11 @@ fn decision_event<'a>(
             Some(clip_detail(detail)),
         ),
     };
+    // The claims as verified when the token passed (allow, policy denial), else as the token
+    // said them (unverified): `pvid explain` sizes skew and expiry from them.
     let (token_iat, token_exp) = match outcome {
-        Outcome::Deny { token, .. } => (token.iat, token.exp),
-        Outcome::Allow { verified, .. } => (None, Some(verified.exp)),
+        Outcome::Allow { verified: v, .. } | Outcome::Deny { verified: Some(v), .. } => (v.iat, Some(v.exp)),
+        Outcome::Deny { token, verified: None, .. } => (token.iat, token.exp),
     };
     DecisionEvent {
         token_iat,

@@ -220,6 +220,14 @@ async fn check_sidecar(client: &http_util::HttpClient, reg: &Registry, url: &str
             "check that the sidecar can read the registry (file or URL) it was started with".into(),
         );
     }
+    if h["signing_key_live"] == json!(false) {
+        add(
+            "stale_signing_key",
+            service.clone(),
+            format!("the sidecar signs egress tokens with {}, which the registry no longer publishes (every call it makes is refused: key_revoked)", h["signing_kid"]),
+            "restart the sidecar: it reads its private key once at start".into(),
+        );
+    }
     if let Some(ms) = h["clock_unix_ms"].as_f64() {
         // Compare with the midpoint of the request, so the round trip does not count as skew.
         let offset = ms / 1000.0 - (before + after) / 2.0;

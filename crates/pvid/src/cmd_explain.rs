@@ -160,7 +160,7 @@ async fn load_registry(home: &Path, source: &Source, file: Option<&Path>, previe
 
 fn observe_token(reg: &Registry, service: &ServiceName, token: &str, a: &ExplainArgs) -> Result<Observation, Failure> {
     let verifier = Verifier::for_service(reg, service).map_err(|e| invalid(anyhow!("{e}")))?;
-    let now = a.now.unwrap_or_else(|| SystemClock.now());
+    let now = crate::cmd_token::checked_now(a.now)?;
     let mut o = Observation { at: now, method: a.method.clone(), path: a.path.clone(), ..Observation::default() };
     match verifier.verify(token, now) {
         Err(r) => {

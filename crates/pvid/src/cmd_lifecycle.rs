@@ -4,7 +4,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use pvid_control::{OrphanKind, ProvisionOutcome, TeardownOutcome};
 use pvid_core::{KeyCustody, PreviewId, PreviewSpec};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -410,13 +410,29 @@ fn local_lock(home: &Path, srv: &ServerArgs, create: bool) -> Result<Option<cont
     if srv.is_remote() { Ok(None) } else { context::lock(home, create).map(Some) }
 }
 
+/// An excerpt cannot show a deleted entry between two that are not consecutive in the trail;
+/// the bundle's head can: it says how many entries of which preview it holds.
+fn bundle_matches_head(head: &Value, entries: &[pvid_store::EvidenceEntry]) -> Result<(), (i64, String)> {
+    let said = head["entries"].as_u64();
+    if said != Some(entries.len() as u64) {
+        return Err((0, format!("the bundle's head says {} entries, the file holds {} (deleted or added)", head["entries"], entries.len())));
+    }
+    if let Some(e) = entries.iter().find(|e| head["preview"].as_str() != Some(e.preview_id.as_str())) {
+        return Err((e.seq, format!("entry of preview {} in a bundle of {}", e.preview_id, head["preview"])));
+    }
+    Ok(())
+}
+
 /// `pvid audit verify --file F...`: each file is a whole chain (a sidecar's `--evidence` file)
 /// or an export bundle (its last line the `pvid-evidence-v1` head). Exit 1 when any is broken.
 fn verify_files(files: &[PathBuf], json: bool) -> Result<i32, Failure> {
     let mut all_ok = true;
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|e| invalid(anyhow!("cannot read {}: {e}", path.display())))?;
-        let is_bundle = text.lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.contains("\"bundle\":\"pvid-evidence-v1\""));
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let head: Option<Value> =
+            serde_json::from_str::<Value>(last).ok().filter(|v| v["bundle"] == "pvid-evidence-v1");
+        let is_bundle = head.is_some();
         let body: String = if is_bundle {
             let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             lines.pop();
@@ -425,7 +441,10 @@ fn verify_files(files: &[PathBuf], json: bool) -> Result<i32, Failure> {
             text.clone()
         };
         let entries = pvid_store::evidence::read_entries(&body).map_err(|e| invalid(anyhow!("{}: {e}", path.display())))?;
-        let result = if is_bundle { pvid_store::evidence::verify_excerpt(&entries) } else { pvid_store::evidence::verify_chain(&entries) };
+        let result = match &head {
+            Some(head) => pvid_store::evidence::verify_excerpt(&entries).and_then(|()| bundle_matches_head(head, &entries)),
+            None => pvid_store::evidence::verify_chain(&entries),
+        };
         let head = entries.last().map(|e| e.hash.clone());
         let kind = if is_bundle { "bundle" } else { "chain" };
         match (&result, json) {

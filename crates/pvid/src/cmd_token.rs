@@ -194,10 +194,7 @@ fn verify(a: VerifyArgs) -> Result<i32, Failure> {
     };
     let token = token.trim();
     let verifier = build_verifier(&a)?.with_leeway(a.leeway);
-    let now = a.now.unwrap_or_else(|| SystemClock.now());
-    if !(0.0..=pvid_core::token::MAX_NUMERIC_DATE).contains(&now) {
-        return Err(invalid(anyhow!("--now must be a Unix time between 0 and 253402300799")));
-    }
+    let now = checked_now(a.now)?;
     let outcome = verifier.verify(token, now);
     let (code, out) = match &outcome {
         Ok(v) => (
@@ -282,4 +279,13 @@ mod tests {
         assert!(infer_preview(&s(&["nope"]), &s(&["x"])).is_none());
     }
 
+}
+
+/// `--now` if given (refused unless a finite Unix time in the NumericDate range), else the clock.
+pub fn checked_now(given: Option<f64>) -> Result<f64, Failure> {
+    let now = given.unwrap_or_else(|| SystemClock.now());
+    if !(0.0..=pvid_core::token::MAX_NUMERIC_DATE).contains(&now) {
+        return Err(invalid(anyhow!("--now must be a Unix time between 0 and 253402300799")));
+    }
+    Ok(now)
 }

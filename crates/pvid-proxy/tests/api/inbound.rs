@@ -60,6 +60,20 @@ async fn allowed_call_reaches_upstream_without_authorization_and_with_the_verifi
     assert_eq!(line["registry_version"], 1);
     assert!(line["latency_us"].is_u64());
     assert_eq!(line["ts"], "2026-12-03T12:00:00.000Z");
+    // The verified claims, for `pvid explain` (they were null on allow lines).
+    assert_eq!(line["token_iat"], NOW);
+    assert_eq!(line["token_exp"], NOW + 300.0);
+}
+
+#[tokio::test]
+async fn a_policy_denial_logs_the_verified_token_times() {
+    let (keys, _world, sidecar) = payments_world().await;
+    let auth = bearer(&token(&keys.api, "api", "payments"));
+    let reply = send(sidecar.inbound, "GET", "/admin", &[("Authorization", &auth), ("X-Request-Id", "rid-times")], b"").await;
+    assert_eq!(reply.status, 403);
+    let line = sidecar.decision("rid-times");
+    assert_eq!(line["reason"], "policy_denied");
+    assert_eq!((line["token_iat"].as_f64(), line["token_exp"].as_f64()), (Some(NOW), Some(NOW + 300.0)));
 }
 
 #[tokio::test]

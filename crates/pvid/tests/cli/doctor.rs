@@ -38,10 +38,10 @@ fn upstream() -> SocketAddr {
 }
 
 fn sidecar(home: &Path, service: &str, clock_offset: &str) -> Sidecar {
-    sidecar_with(home, service, clock_offset, &home.join("previews/pr-482/registry.json"))
+    sidecar_with(home, service, clock_offset, &home.join("previews/pr-482/registry.json"), &[])
 }
 
-fn sidecar_with(home: &Path, service: &str, clock_offset: &str, registry: &Path) -> Sidecar {
+fn sidecar_with(home: &Path, service: &str, clock_offset: &str, registry: &Path, extra: &[&str]) -> Sidecar {
     let (inbound, admin) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_pvid"))
         .arg("--home")
@@ -51,6 +51,7 @@ fn sidecar_with(home: &Path, service: &str, clock_offset: &str, registry: &Path)
         .arg(registry)
         .args(["--upstream", &upstream().to_string(), "--admin", &admin.to_string()])
         .args(["--dangerous-clock-offset-for-tests", clock_offset])
+        .args(extra)
         .arg("--log")
         .arg(home.join(format!("{service}.jsonl")))
         .stdout(Stdio::null())
@@ -136,7 +137,7 @@ fn doctor_finds_a_sidecar_on_a_stale_registry() {
     // The sidecar reads a frozen copy of the registry; then the preview moves on.
     let frozen = home.path().join("frozen.json");
     std::fs::copy(home.path().join("previews/pr-482/registry.json"), &frozen).unwrap();
-    let sc = sidecar_with(home.path(), "api", "0", &frozen);
+    let sc = sidecar_with(home.path(), "api", "0", &frozen, &[]);
     let admin = format!("http://{}", sc.admin);
     let out = pvid(home.path(), &["doctor", "--preview", "pr-482", "--sidecar", &admin]);
     assert_eq!(out.status.code(), Some(0), "same version so far: {}", stdout(&out));
@@ -189,4 +190,34 @@ print(json.dumps(out))
     let (_, health) = get(sc.admin, "/healthz", None);
     let h: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!((h["status"].as_str(), h["service"].as_str()), (Some("ok"), Some("payments")));
+}
+
+#[test]
+fn doctor_finds_a_sidecar_still_signing_with_a_key_revoked_by_a_reprovision() {
+    // Found by a fresh-eyes review: `pvid down` then `pvid up` of the same id gives every service
+    // a new key; a running sidecar keeps the one it read at start, and every call it makes is
+    // refused (key_revoked), while doctor said "clean".
+    let home = tempfile::tempdir().unwrap();
+    up(home.path());
+    let egress = free_port().to_string();
+    let sc = sidecar_with(home.path(), "worker", "0", &home.path().join("previews/pr-482/registry.json"), &["--egress", &egress]);
+    let admin = format!("http://{}", sc.admin);
+    assert_eq!(pvid(home.path(), &["down", "pr-482"]).status.code(), Some(0));
+    up(home.path());
+    // Bounded wait until the sidecar has loaded the new registry (it polls its file).
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        let out = pvid(home.path(), &["doctor", "--preview", "pr-482", "--sidecar", &admin, "--json"]);
+        last = json(&out);
+        let checks: Vec<&str> = last["findings"].as_array().unwrap().iter().filter_map(|f| f["check"].as_str()).collect();
+        if !checks.contains(&"stale_registry") {
+            assert_eq!(out.status.code(), Some(1));
+            assert_eq!(checks, ["stale_signing_key"], "{last}");
+            assert_eq!(last["findings"][0]["service"], "worker");
+            assert!(last["findings"][0]["fix"].as_str().unwrap().starts_with("restart the sidecar"));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("the sidecar never loaded the new registry: {last}");
 }

@@ -1,7 +1,7 @@
 //! `pvid explain` on refusals captured from a real sidecar: one test per cause, each asserting
 //! the cause and the suggested fix. And `pvid logs` following one request across services.
 
-use super::support::{example_spec, json, pvid, stderr};
+use super::support::{example_spec, json, pvid, stderr, stdout};
 use pvid_core::{SigningKey, sign_compact};
 use pvid_store::SecretStore as _;
 use serde_json::{Value, json};
@@ -219,6 +219,12 @@ async fn explains_a_token_given_directly_without_any_log() {
     let out = pvid(s.home.path(), &["explain", &t, "--service", "payments", "--preview", "pr-482", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(json(&out)["cause"], "audience_for_other_preview");
+    // A clock that is not a time is refused as `pvid token verify` refuses it, not explained.
+    for bad in ["nan", "inf", "1e300"] {
+        let out = pvid(s.home.path(), &["explain", &t, "--service", "payments", "--preview", "pr-482", "--now", bad]);
+        assert_eq!(out.status.code(), Some(2), "--now {bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--now must be a Unix time"), "{}", stderr(&out));
+    }
 }
 
 /// An upstream for `worker` that, for every request, calls webhooks through worker's egress
@@ -358,4 +364,14 @@ async fn decisions_go_to_a_hash_chained_evidence_file_that_audit_verify_checks()
     let out = verify(&bundle);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(json(&out)["kind"], "bundle");
+    // A deleted entry and an edited head are caught too (found by a fresh-eyes review).
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = s.home.path().join("cut.jsonl");
+    std::fs::write(&cut, format!("{}\n{}\n", lines[..2].join("\n"), lines[3..].join("\n"))).unwrap();
+    let out = verify(&cut);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let relabelled = s.home.path().join("relabelled.jsonl");
+    std::fs::write(&relabelled, text.replace("\"entries\":", "\"entries\":1")).unwrap();
+    assert_eq!(verify(&relabelled).status.code(), Some(1));
 }
