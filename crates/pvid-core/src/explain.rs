@@ -168,7 +168,7 @@ pub fn explain(reg: Option<&Registry>, service: &ServiceName, o: &Observation) -
             e(
                 "policy",
                 format!("{now}; the request was {method} {path}"),
-                format!("if intended, add to the spec: services.{caller}.calls: [\"{service}: {method} {path}\"] and run pvid up again"),
+                format!("if intended, add to the spec: services.{caller}.calls: [\"{service}: {method} {path}\"] and provision again: pvid down {}, then pvid up (an active preview keeps the spec it was provisioned with)", preview.as_deref().unwrap_or("ID")),
             )
         }
         ReasonCode::MissingToken => e(

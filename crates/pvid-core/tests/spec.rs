@@ -133,3 +133,22 @@ fn key_custody_defaults_to_sidecar_and_transit_refuses_rs256_naming_the_field() 
     let e = err("key_custody: vault\nservices:\n  api: {}\n");
     assert_eq!(e.to_string(), "spec.yaml:1: key_custody: unknown key custody `vault` (use sidecar or transit)");
 }
+
+#[test]
+fn a_spec_too_large_or_with_too_many_services_is_refused_fast() {
+    use pvid_core::spec::{MAX_SERVICES, MAX_SPEC_BYTES};
+    let mut text = String::from("services:\n");
+    for i in 0..=MAX_SERVICES {
+        text.push_str(&format!("  s{i}: {{}}\n"));
+    }
+    let e = err(&text);
+    assert_eq!((e.line, e.field.as_str()), (Some(1), "services"), "{e}");
+    assert_eq!(e.message, format!("{} services; a preview has at most {MAX_SERVICES}", MAX_SERVICES + 1));
+    // At the limit it parses.
+    let at_limit: String = text.lines().take(MAX_SERVICES + 1).map(|l| format!("{l}\n")).collect();
+    assert_eq!(PreviewSpec::parse("spec.yaml", &at_limit).unwrap().services.len(), MAX_SERVICES);
+    let huge = format!("services:\n  api: {{}}\n#{}\n", "x".repeat(MAX_SPEC_BYTES));
+    let e = err(&huge);
+    assert_eq!(e.field, "(document)");
+    assert!(e.message.ends_with(&format!("a spec is at most {MAX_SPEC_BYTES} bytes")), "{e}");
+}

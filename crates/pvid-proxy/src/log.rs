@@ -262,6 +262,10 @@ impl LogSink {
     pub(crate) fn open(target: &LogTarget, evidence: Option<EvidenceChain>) -> Result<LogSink, ProxyError> {
         let writer = match target {
             LogTarget::File(path) => {
+                // `PVID_HOME/logs/<svc>.log` is where `pvid explain` and `pvid logs` look first.
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| ProxyError::OpenLog { path: path.clone(), source })?;
+                }
                 let file = OpenOptions::new()
                     .create(true)
                     .append(true)

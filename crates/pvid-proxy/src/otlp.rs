@@ -61,7 +61,14 @@ impl OtlpEndpoint {
         }
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.contains('@') {
-            return Err(format!("{s:?}: credentials in the URL are not supported"));
+            // Not echoed: the part before `@` may be a password.
+            return Err("credentials in the OTLP endpoint URL are not supported".into());
+        }
+        if let Some((_, port)) = authority.rsplit_once(':')
+            && !port.ends_with(']')
+            && !matches!(port.parse::<u16>(), Ok(p) if p > 0)
+        {
+            return Err(format!("{s:?}: port {port:?} is not a TCP port (1-65535)"));
         }
         if authority.is_empty() {
             return Err(format!("{s:?}: no host"));
@@ -315,6 +322,12 @@ mod tests {
     fn endpoints_are_plain_http_base_urls() {
         let logs = |s: &str| OtlpEndpoint::parse(s).map(|e| e.logs_url());
         assert_eq!(logs("http://127.0.0.1:4318").unwrap(), "http://127.0.0.1:4318/v1/logs");
+        // Found by a fresh-eyes review: a port out of range passed, a password was echoed.
+        assert!(logs("http://127.0.0.1:99999").unwrap_err().contains("not a TCP port"));
+        assert!(logs("http://127.0.0.1:0").unwrap_err().contains("not a TCP port"));
+        assert!(logs("http://[::1]:4318").is_ok());
+        let e = logs("http://user:hunter2@127.0.0.1:4318").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
         assert_eq!(logs("http://otel:4318/").unwrap(), "http://otel:4318/v1/logs");
         assert_eq!(logs("http://otel:4318/prefix/").unwrap(), "http://otel:4318/prefix/v1/logs");
         let bad = ["https://otel:4318", "otel:4318", "grpc://otel:4317", "http://", "http://u:p@otel:4318", "http://o?x=1"];

@@ -209,7 +209,7 @@ async fn explains_a_policy_denial_with_the_rule_that_would_allow_it() {
     let x = explain(s.home.path(), "rid-policy");
     assert_eq!(x["cause"], "policy");
     assert_eq!(x["summary"], "api may call payments only as: api -> payments: POST /charge; the request was DELETE /charge/7");
-    assert_eq!(x["fix"], "if intended, add to the spec: services.api.calls: [\"payments: DELETE /charge/7\"] and run pvid up again");
+    assert_eq!(x["fix"], "if intended, add to the spec: services.api.calls: [\"payments: DELETE /charge/7\"] and provision again: pvid down pr-482, then pvid up (an active preview keeps the spec it was provisioned with)");
 }
 
 #[tokio::test]
