@@ -154,6 +154,17 @@ impl Clock for OffsetClock {
 
 /// Loads a key document written by `pvid render` (the secret store's format).
 fn read_key_file(file: &Path, preview: &PreviewId, service: &ServiceName) -> Result<pvid_core::SigningKey, Failure> {
+    // As for the master key: a private key others can read is refused, not used.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(file).map_err(|e| operational(anyhow!("cannot read key file {}: {e}", file.display())))?.permissions(),
+    ) & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(invalid(anyhow!(
+            "key file {} has mode {mode:o}: group or others can read the private key (chmod 600 {})",
+            file.display(),
+            file.display()
+        )));
+    }
     let bytes = zeroize::Zeroizing::new(
         std::fs::read(file).map_err(|e| operational(anyhow!("cannot read key file {}: {e}", file.display())))?,
     );

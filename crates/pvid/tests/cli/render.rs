@@ -211,6 +211,17 @@ fn a_sidecar_signs_with_the_rendered_compose_key_file_and_its_callee_accepts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a key of service api"));
+    // A key file others can read is refused at start, as the master key is.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pvid"))
+        .args(["--home", home.path().to_str().unwrap(), "proxy", "--preview", "pr-482", "--service", "api", "--listen", "127.0.0.1:0",
+               "--upstream", "127.0.0.1:9", "--egress", "127.0.0.1:0", "--registry", api_registry.to_str().unwrap(), "--key-file"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has mode 644: group or others can read the private key"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn pvid_control_registry(home: &Path) -> std::path::PathBuf {
