@@ -466,28 +466,68 @@ impl StateStore {
 
     /// Records a new key (normally `Pending`, before its secret is written).
     pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let jwk = serde_json::to_string(&key.jwk).map_err(|e| corrupt("jwk")(e.to_string()))?;
+        self.insert_keys(std::slice::from_ref(key)).await
+    }
+
+    /// Records new keys of one preview in one transaction (one commit, one version step):
+    /// provisioning writes every service's pending row before any secret.
+    pub async fn insert_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError> {
+        let Some(first) = keys.first() else { return Ok(()) };
         let mut tx = self.pool.begin().await.map_err(q("insert key"))?;
-        sqlx::query(
-            "INSERT INTO keys (kid, preview_id, service, state, jwk, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&key.kid)
-        .bind(key.preview_id.as_str())
-        .bind(key.service.as_str())
-        .bind(key.state.as_str())
-        .bind(jwk)
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("insert key"))?;
-        sqlx::query("UPDATE previews SET version = version + 1, updated_at = $2 WHERE id = $1")
+        for key in keys {
+            let jwk = serde_json::to_string(&key.jwk).map_err(|e| corrupt("jwk")(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO keys (kid, preview_id, service, state, jwk, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&key.kid)
             .bind(key.preview_id.as_str())
+            .bind(key.service.as_str())
+            .bind(key.state.as_str())
+            .bind(jwk)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert key"))?;
+        }
+        sqlx::query("UPDATE previews SET version = version + 1, updated_at = $2 WHERE id = $1")
+            .bind(first.preview_id.as_str())
             .bind(unix_now())
             .execute(&mut *tx)
             .await
             .map_err(q("insert key"))?;
         tx.commit().await.map_err(q("insert key"))?;
         self.announce();
+        Ok(())
+    }
+
+    /// Marks pending keys of one preview active, in one transaction (one version step).
+    pub async fn activate_keys(&self, preview: &PreviewId, kids: &[String]) -> Result<(), StoreError> {
+        if kids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(q("activate key"))?;
+        let mut changed = false;
+        for kid in kids {
+            let done = sqlx::query("UPDATE keys SET state = 'active' WHERE kid = $1 AND preview_id = $2 AND state = 'pending'")
+                .bind(kid.clone())
+                .bind(preview.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("activate key"))?;
+            changed |= done.rows_affected() > 0;
+        }
+        if changed {
+            sqlx::query("UPDATE previews SET version = version + 1, updated_at = $2 WHERE id = $1")
+                .bind(preview.as_str())
+                .bind(unix_now())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("activate key"))?;
+        }
+        tx.commit().await.map_err(q("activate key"))?;
+        if changed {
+            self.announce();
+        }
         Ok(())
     }
 
