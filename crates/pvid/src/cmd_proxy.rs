@@ -21,6 +21,10 @@ pub struct ProxyArgs {
     /// The preview.
     #[arg(long)]
     preview: PreviewId,
+    /// Worker threads (default: the CPUs this process may use, at most 2). 1 runs a single
+    /// event loop, the fastest per core.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
     /// The service this sidecar fronts.
     #[arg(long)]
     service: ServiceName,
@@ -71,6 +75,13 @@ pub struct ProxyArgs {
     /// Secret or a Compose secret file) instead of the secret store under PVID_HOME.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+}
+
+impl ProxyArgs {
+    /// The runtime's worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(2), usize::from)
+    }
 }
 
 pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {

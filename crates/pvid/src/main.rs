@@ -118,7 +118,18 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A sidecar on one thread runs a single event loop: no hand-offs between workers (1.3-1.4x
+    // req/s pinned to one core, docs/PERFORMANCE.md). Everything else uses the default pool.
+    let mut builder = match &cli.command {
+        Command::Proxy(a) if a.threads() == 1 => tokio::runtime::Builder::new_current_thread(),
+        Command::Proxy(a) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(a.threads());
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pvid: cannot start the async runtime: {e}");

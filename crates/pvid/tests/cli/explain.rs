@@ -50,7 +50,8 @@ fn start_sidecar_with(home: &Path, service: &str, registry: Option<&Path>, extra
     let log = home.join("logs").join(format!("{service}.jsonl"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvid"));
-    cmd.arg("--home").arg(home).args(["proxy", "--preview", "pr-482", "--service", service]);
+    // One worker thread: the single-event-loop runtime is exercised here, the pool elsewhere.
+    cmd.arg("--home").arg(home).args(["proxy", "--preview", "pr-482", "--service", service, "--threads", "1"]);
     cmd.args(["--listen", &addr.to_string(), "--upstream", &upstream().to_string()]).arg("--log").arg(&log);
     if let Some(r) = registry {
         cmd.arg("--registry").arg(r);
