@@ -241,9 +241,9 @@ impl Control {
                 .map_err(|e| LifecycleError::KeyGen { service: svc.name.to_string(), reason: e.to_string() })?;
             fresh.push((svc.name.clone(), path, key));
         }
-        // Three steps for all services at once, in the documented order: every pending row,
-        // then every secret, then activation. Per service they were three commits each, and the
-        // commits (fsyncs) were most of a provision's time (docs/PERFORMANCE.md).
+        // All services at once, in the documented order: every pending row (one commit), every
+        // secret, the evidence, then activation (one commit). Per service these were three
+        // commits each, and commits (fsyncs) were most of a provision's time (PERFORMANCE.md).
         let records: Vec<KeyRecord> = fresh
             .iter()
             .map(|(service, _, key)| KeyRecord {

@@ -21,10 +21,6 @@ pub struct ProxyArgs {
     /// The preview.
     #[arg(long)]
     preview: PreviewId,
-    /// Worker threads (default: the CPUs this process may use, at most 2). 1 runs a single
-    /// event loop, the fastest per core.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
-    threads: Option<u16>,
     /// The service this sidecar fronts.
     #[arg(long)]
     service: ServiceName,
@@ -67,6 +63,10 @@ pub struct ProxyArgs {
     /// Turn the verified-token cache off (every request pays a signature check).
     #[arg(long)]
     no_cache: bool,
+    /// Worker threads (default: the CPUs this process may use, at most 2). 1 runs a single
+    /// event loop, the fastest per core.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
     /// Also export every log line as an OTLP log record (OTLP/HTTP JSON, POST
     /// `URL/v1/logs`), best effort; plain `http://` only. The log stays the record.
     #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
