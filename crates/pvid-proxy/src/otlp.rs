@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::log::{LogSink, OtlpEvent, clip_detail, rfc3339_millis};
+use crate::registry_source::error_chain;
 
 /// Lines waiting for export at most; past it new lines are dropped (and counted).
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
@@ -246,17 +247,6 @@ impl Exporter {
     }
 }
 
-/// `hyper_util`'s errors say little at the top ("client error (Connect)"); the cause is below.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 fn now_nanos(clock: &dyn Clock) -> i128 {
     let now = clock.now();

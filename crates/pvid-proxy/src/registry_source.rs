@@ -261,7 +261,9 @@ impl HttpWatch {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes on one line: hyper_util's errors say little at the top ("client
+/// error (Connect)"); the cause is below. Shared by the registry watch and the OTLP exporter.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -429,27 +429,22 @@ fn verify_files(files: &[PathBuf], json: bool) -> Result<i32, Failure> {
     let mut all_ok = true;
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|e| invalid(anyhow!("cannot read {}: {e}", path.display())))?;
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        let head: Option<Value> =
-            serde_json::from_str::<Value>(last).ok().filter(|v| v["bundle"] == "pvid-evidence-v1");
+        // A bundle ends with its `pvid-evidence-v1` head line; a chain file is entries only.
+        let trimmed = text.trim_end();
+        let (before_last, last) = trimmed.rsplit_once('\n').unwrap_or(("", trimmed));
+        let head = serde_json::from_str::<Value>(last).ok().filter(|v| v["bundle"] == "pvid-evidence-v1");
         let is_bundle = head.is_some();
-        let body: String = if is_bundle {
-            let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            lines.pop();
-            lines.join("\n")
-        } else {
-            text.clone()
-        };
-        let entries = pvid_store::evidence::read_entries(&body).map_err(|e| invalid(anyhow!("{}: {e}", path.display())))?;
+        let body = if is_bundle { before_last } else { text.as_str() };
+        let entries = pvid_store::evidence::read_entries(body).map_err(|e| invalid(anyhow!("{}: {e}", path.display())))?;
         let result = match &head {
             Some(head) => pvid_store::evidence::verify_excerpt(&entries).and_then(|()| bundle_matches_head(head, &entries)),
             None => pvid_store::evidence::verify_chain(&entries),
         };
-        let head = entries.last().map(|e| e.hash.clone());
+        let last_hash = entries.last().map(|e| e.hash.clone());
         let kind = if is_bundle { "bundle" } else { "chain" };
         match (&result, json) {
-            (Ok(()), true) => outln!("{}", json!({"file": path, "kind": kind, "result": "ok", "entries": entries.len(), "head": head})),
-            (Ok(()), false) => outln!("{}: {kind} intact: {} entries, head {}", path.display(), entries.len(), head.as_deref().unwrap_or("-")),
+            (Ok(()), true) => outln!("{}", json!({"file": path, "kind": kind, "result": "ok", "entries": entries.len(), "head": last_hash})),
+            (Ok(()), false) => outln!("{}: {kind} intact: {} entries, head {}", path.display(), entries.len(), last_hash.as_deref().unwrap_or("-")),
             (Err((seq, why)), true) => outln!("{}", json!({"file": path, "kind": kind, "result": "broken", "first_bad_seq": seq, "why": why})),
             (Err((seq, why)), false) => outln!("{}: {kind} broken at entry {seq}: {why}", path.display()),
         }

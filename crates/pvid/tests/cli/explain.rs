@@ -1,7 +1,7 @@
 //! `pvid explain` on refusals captured from a real sidecar: one test per cause, each asserting
 //! the cause and the suggested fix. And `pvid logs` following one request across services.
 
-use super::support::{example_spec, json, pvid, stderr, stdout};
+use super::support::{example_spec, free_port, json, pvid, stderr, stdout, upstream};
 use pvid_core::{SigningKey, sign_compact};
 use pvid_store::SecretStore as _;
 use serde_json::{Value, json};
@@ -21,24 +21,6 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A loopback upstream answering 200 to everything.
-fn upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    addr
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 fn start_sidecar(home: &Path, service: &str, registry: Option<&Path>) -> Sidecar {
