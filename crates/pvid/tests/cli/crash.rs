@@ -149,15 +149,35 @@ fn assert_verify(home: &Path, ctx: &str) {
     assert_eq!((verify.status.code(), json(&verify)["result"].clone()), (Some(0), "ok".into()), "{ctx}: {}", stdout(&verify));
 }
 
+/// The span kill delays are drawn from. It starts at the measured duration of a run and follows
+/// the machine's load: the other tests of this binary run in parallel, so a command that took
+/// 250 ms while they started may take 40 ms a second later. A kill that came too late shrinks the
+/// window; one that interrupted widens it a little, up to twice the measured duration.
+struct Window {
+    now: Duration,
+    max: Duration,
+}
+
+impl Window {
+    fn new(measured: Duration) -> Self {
+        Window { now: measured, max: measured * 2 }
+    }
+    fn after(&mut self, interrupted: bool) {
+        self.now = if interrupted { self.now.mul_f64(1.1).min(self.max) } else { self.now.mul_f64(0.8) };
+    }
+}
+
 /// Kills `args` once or twice at random instants of its window, checks the evidence chain right
 /// after each kill, then runs it to completion. Returns the states the kills left behind.
-fn kill_then_finish(home: &Path, args: &[&str], window: Duration, rng: &mut Rng, ctx: &str) -> (usize, Vec<Option<String>>) {
+fn kill_then_finish(home: &Path, args: &[&str], window: &mut Window, rng: &mut Rng, ctx: &str) -> (usize, Vec<Option<String>>) {
     let kills = 1 + (rng.next() % 2) as usize;
     let (mut interrupted, mut left) = (0, Vec::new());
     for k in 0..kills {
-        let delay = rng.below(window);
+        let delay = rng.below(window.now);
         let ctx = format!("{ctx}, kill {k} after {delay:?}");
-        if run_and_kill(home, args, delay) {
+        let hit = run_and_kill(home, args, delay);
+        window.after(hit);
+        if hit {
             interrupted += 1;
         }
         if home.join("state.db").exists() {
@@ -181,28 +201,29 @@ fn up_and_down_killed_at_random_instants_always_end_consistent_after_a_rerun() {
 
     // The window: 1.2 × an uninterrupted run, fresh home included (state and master key creation).
     let scratch = tempfile::tempdir().unwrap();
-    let up_window = timed(scratch.path(), &up_args).mul_f64(1.2);
-    let down_window = timed(scratch.path(), &down_args).mul_f64(1.2);
+    let mut up_window = Window::new(timed(scratch.path(), &up_args).mul_f64(1.2));
+    let mut down_window = Window::new(timed(scratch.path(), &down_args).mul_f64(1.2));
 
     let (mut up_killed, mut down_killed) = (0, 0);
     let (mut left_provisioning, mut left_tearing_down) = (0, 0);
     for run in 0..runs {
         let home = tempfile::tempdir().unwrap();
         let ctx = format!("seed {seed:#x}, run {run}");
-        let (n, left) = kill_then_finish(home.path(), &up_args, up_window, &mut rng, &format!("{ctx}, up"));
+        let (n, left) = kill_then_finish(home.path(), &up_args, &mut up_window, &mut rng, &format!("{ctx}, up"));
         up_killed += n;
         left_provisioning += left.iter().filter(|s| s.as_deref() == Some("provisioning")).count();
         assert_consistent(home.path(), true, &format!("{ctx}, after up"));
 
-        let (n, left) = kill_then_finish(home.path(), &down_args, down_window, &mut rng, &format!("{ctx}, down"));
+        let (n, left) = kill_then_finish(home.path(), &down_args, &mut down_window, &mut rng, &format!("{ctx}, down"));
         down_killed += n;
         left_tearing_down += left.iter().filter(|s| s.as_deref() == Some("tearing_down")).count();
         assert_consistent(home.path(), false, &format!("{ctx}, after down"));
     }
     eprintln!(
-        "crash test: seed {seed:#x}, {runs} runs; up window {up_window:?}, {up_killed} kills interrupted it, \
-         {left_provisioning} left it provisioning; down window {down_window:?}, {down_killed} kills interrupted it, \
-         {left_tearing_down} left it tearing down"
+        "crash test: seed {seed:#x}, {runs} runs; up window {:?} at the end, {up_killed} kills interrupted it, \
+         {left_provisioning} left it provisioning; down window {:?} at the end, {down_killed} kills interrupted it, \
+         {left_tearing_down} left it tearing down",
+        up_window.now, down_window.now
     );
     // The kills must really land inside the commands, not only before or after them.
     assert!(up_killed >= runs / 2, "only {up_killed} kills interrupted `up`");
