@@ -3,7 +3,7 @@
 //! that is not the signing half of its service's active key. `sweep` removes them.
 
 use pvid_core::{KeyCustody, PreviewId, PreviewState};
-use pvid_store::{KeyState, SecretPath, StoredKey, TransitKeyName};
+use pvid_store::{KeySlot, KeyState, SecretPath, StoredKey, TransitKeyName};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -55,16 +55,30 @@ impl Control {
             let why = match state {
                 None => Some("preview unknown to the state store".to_owned()),
                 Some(PreviewState::Active) => {
-                    let active = keys.iter().find(|k| {
-                        k.preview_id == path.preview && k.service == path.service && k.state == KeyState::Active
-                    });
+                    // `private-key` holds the active key, or the new key of a rotation whose
+                    // switch was interrupted; `next-private-key` the new key of a rotation.
+                    let fits: &[KeyState] = match path.slot {
+                        KeySlot::Current => &[KeyState::Active, KeyState::Next],
+                        KeySlot::Next => &[KeyState::Next],
+                    };
                     let stored = match self.secrets.get(&path).await? {
                         Some(bytes) => StoredKey::from_bytes(&path, &bytes).ok().map(|k| k.kid),
                         None => continue,
                     };
-                    match (active, stored) {
-                        (Some(a), Some(kid)) if a.kid == kid => None,
-                        (_, kid) => Some(format!("not the private half of an active key (kid {})", kid.unwrap_or("?".into()))),
+                    let owned = keys.iter().any(|k| {
+                        k.preview_id == path.preview
+                            && k.service == path.service
+                            && fits.contains(&k.state)
+                            && stored.as_deref() == Some(k.kid.as_str())
+                    });
+                    match (owned, path.slot) {
+                        (true, _) => None,
+                        (false, KeySlot::Current) => {
+                            Some(format!("not the private half of an active key (kid {})", stored.unwrap_or("?".into())))
+                        }
+                        (false, KeySlot::Next) => {
+                            Some(format!("not the private half of a published next key (kid {})", stored.unwrap_or("?".into())))
+                        }
                     }
                 }
                 Some(s) => Some(format!("preview is {s}")),
@@ -175,8 +189,14 @@ impl Control {
             if current {
                 match o.kind {
                     OrphanKind::Secret => {
-                        let service = o.service.parse().map_err(|_| LifecycleError::NotFound(o.service.clone()))?;
-                        self.secrets.delete(&SecretPath::private_key(preview, &service)).await?;
+                        let path = match &o.path {
+                            Some(p) => SecretPath::parse(p)?,
+                            None => {
+                                let service = o.service.parse().map_err(|_| LifecycleError::NotFound(o.service.clone()))?;
+                                SecretPath::private_key(preview, &service)
+                            }
+                        };
+                        self.secrets.delete(&path).await?;
                     }
                     OrphanKind::TransitKey => {
                         if let (Some(t), Some(key)) = (self.secrets.transit(), &o.transit_key) {

@@ -39,6 +39,40 @@ pub enum LifecycleError {
         /// What is left.
         paths: String,
     },
+    /// A rotation needs an active preview.
+    #[error("preview {preview} is {state}; only an active preview can rotate its keys")]
+    NotActive {
+        /// The preview.
+        preview: String,
+        /// Its state.
+        state: String,
+    },
+    /// The spec names no such service.
+    #[error("preview {preview} has no service {service}")]
+    UnknownService {
+        /// The preview.
+        preview: String,
+        /// The service asked for.
+        service: String,
+    },
+    /// Rotation is not available for this custody.
+    #[error("preview {0} keeps its keys in OpenBao Transit; rotating transit keys is not supported yet (rotate with `pvid down` and `pvid up`)")]
+    TransitRotation(String),
+    /// The previous rotation of a service is still in its overlap.
+    #[error(
+        "{service} of {preview} is still in the overlap of its last rotation: key {kid} is accepted until {until}; \
+         rotate again after that, or now with --emergency (which refuses that key at once)"
+    )]
+    RotationInProgress {
+        /// The preview.
+        preview: String,
+        /// The service.
+        service: String,
+        /// The retiring key.
+        kid: String,
+        /// End of its overlap (RFC 3339).
+        until: String,
+    },
     /// Writing the registry files failed.
     #[error("cannot write registry file {path}")]
     Publish {

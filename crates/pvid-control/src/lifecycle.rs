@@ -70,8 +70,8 @@ pub struct Control {
     pub(crate) state: StateStore,
     pub(crate) secrets: Arc<dyn SecretStore>,
     pub(crate) home: PathBuf,
-    failpoint: Option<String>,
-    actor: String,
+    pub(crate) failpoint: Option<String>,
+    pub(crate) actor: String,
     paused: std::sync::atomic::AtomicBool,
 }
 
@@ -108,7 +108,7 @@ impl Control {
         self.secrets.as_ref()
     }
 
-    async fn failpoint(&self, name: &str) {
+    pub(crate) async fn failpoint(&self, name: &str) {
         let Some(spec) = self.failpoint.as_deref() else { return };
         let (point, pause) = match spec.split_once(":pause=") {
             Some((p, file)) => (p, Some(PathBuf::from(file))),
@@ -226,6 +226,9 @@ impl Control {
                         have_active = true;
                     }
                     KeyState::Pending => self.state.delete_pending_key(&k.kid).await?,
+                    // A rotation happens only on an active preview; one that is provisioning
+                    // again keeps one key per service.
+                    KeyState::Next | KeyState::Retiring => self.state.revoke_key(&k.kid, "provisioned again").await?,
                     KeyState::Revoked => {}
                 }
             }
@@ -255,6 +258,7 @@ impl Control {
                 created_at: unix_now(),
                 revoked_at: None,
                 revoke_reason: None,
+                retire_at: None,
             })
             .collect();
         self.state.insert_keys(&records).await?;
@@ -319,6 +323,7 @@ impl Control {
                         have_active = true;
                     }
                     KeyState::Pending => self.state.delete_pending_key(&k.kid).await?,
+                    KeyState::Next | KeyState::Retiring => self.state.revoke_key(&k.kid, "provisioned again").await?,
                     KeyState::Revoked => {}
                 }
             }
@@ -352,6 +357,7 @@ impl Control {
                     created_at: unix_now(),
                     revoked_at: None,
                     revoke_reason: None,
+                    retire_at: None,
                 })
                 .await?;
             self.state.activate_key(&kid).await?;

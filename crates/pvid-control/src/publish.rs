@@ -2,7 +2,7 @@
 //! (`$PVID_HOME/previews/<id>/registry.json` and `jwks.json`), written atomically so a sidecar
 //! never reads half a file.
 
-use pvid_core::{Jwks, PreviewState, Registry, RevokedKey, ServiceEntry, service_identity};
+use pvid_core::{Jwks, PreviewState, Registry, RetiringKey, RevokedKey, ServiceEntry, service_identity};
 use pvid_store::{KeyRecord, KeyState, PreviewRecord};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,9 +21,13 @@ pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
     for svc in &rec.config.services {
         let kids = keys
             .iter()
-            .filter(|k| publish_keys && k.service == svc.name && k.state == KeyState::Active)
+            .filter(|k| publish_keys && k.service == svc.name && is_published(k.state))
             .map(|k| k.kid.clone())
             .collect();
+        let signing_kid = keys
+            .iter()
+            .find(|k| publish_keys && k.service == svc.name && k.state == KeyState::Active)
+            .map(|k| k.kid.clone());
         services.insert(
             svc.name.clone(),
             ServiceEntry {
@@ -32,13 +36,14 @@ pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
                 address: svc.address.clone(),
                 kids,
                 accept_preview_audience: svc.accept_preview_audience,
+                signing_kid,
             },
         );
     }
     let jwks = Jwks {
         keys: keys
             .iter()
-            .filter(|k| publish_keys && k.state == KeyState::Active && services.contains_key(&k.service))
+            .filter(|k| publish_keys && is_published(k.state) && services.contains_key(&k.service))
             .map(|k| k.jwk.clone())
             .collect(),
     };
@@ -52,6 +57,11 @@ pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
             reason: k.revoke_reason.clone().unwrap_or_default(),
         })
         .collect();
+    let retiring = keys
+        .iter()
+        .filter(|k| publish_keys && k.state == KeyState::Retiring && services.contains_key(&k.service))
+        .map(|k| RetiringKey { kid: k.kid.clone(), service: k.service.clone(), until: k.retire_at.unwrap_or_default() })
+        .collect();
     Registry {
         preview: rec.id.clone(),
         state: rec.state,
@@ -62,7 +72,14 @@ pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
         policy: rec.config.policy.clone(),
         jwks,
         revoked,
+        retiring,
     }
+}
+
+/// Key states verifiers accept: the signing key, and during a rotation the new key published
+/// ahead of use and the old one until its overlap ends.
+fn is_published(state: KeyState) -> bool {
+    matches!(state, KeyState::Next | KeyState::Active | KeyState::Retiring)
 }
 
 /// Writes `registry.json` and `jwks.json` for a preview.

@@ -29,6 +29,7 @@ fn registry(key: &SigningKey) -> Registry {
         address: None,
         kids,
         accept_preview_audience: false,
+        signing_kid: None,
     };
     let mut services = BTreeMap::new();
     services.insert(svc("api"), entry("api", vec![key.kid().to_owned()]));
@@ -43,6 +44,7 @@ fn registry(key: &SigningKey) -> Registry {
         policy: vec![],
         jwks: Jwks { keys: vec![key.public_jwk()] },
         revoked: vec![],
+        retiring: vec![],
     }
 }
 

@@ -58,7 +58,7 @@ impl TokenCache {
         let mut entries = self.lock();
         let hit = entries.get(key)?;
         let still_good =
-            !is_expired(hit.exp, now) && !verifier.is_revoked(&hit.kid) && verifier.audiences().contains(&hit.audience);
+            !is_expired(hit.exp, now) && !verifier.is_revoked_at(&hit.kid, now) && verifier.audiences().contains(&hit.audience);
         if still_good {
             Some(hit.clone())
         } else {

@@ -74,6 +74,11 @@ pub struct ServiceEntry {
     pub address: Option<String>,
     /// The service's live key ids (two during a rotation).
     pub kids: Vec<String>,
+    /// The key the service signs with now; during a rotation the other live key is either the
+    /// new one, published ahead of use, or the old one, still accepted until its overlap ends.
+    /// Absent in registries written before rotation existed: then the only live key signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_kid: Option<String>,
     /// Whether the service also accepts the preview-wide audience `preview-<id>`.
     #[serde(default)]
     pub accept_preview_audience: bool,
@@ -91,6 +96,20 @@ pub struct RevokedKey {
     pub revoked_at: i64,
     /// Why (`teardown`, `rotation`, ...).
     pub reason: String,
+}
+
+/// A key replaced by a rotation: still live (in `kids` and the JWKS) so that tokens it signed
+/// keep working, until `until`; from then on they are refused with `key_revoked`, whether or not
+/// the control plane has yet moved the key to the revoked list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiringKey {
+    /// The key id.
+    pub kid: String,
+    /// The service that owned it.
+    pub service: ServiceName,
+    /// End of the overlap (Unix seconds).
+    pub until: i64,
 }
 
 /// The registry document of one preview.
@@ -116,6 +135,9 @@ pub struct Registry {
     /// Keys revoked so far.
     #[serde(default)]
     pub revoked: Vec<RevokedKey>,
+    /// Live keys replaced by a rotation, each accepted until the end of its overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringKey>,
 }
 
 impl Registry {
@@ -138,6 +160,9 @@ impl Registry {
             if let Some(k) = entry.kids.iter().find(|k| self.revoked.iter().any(|r| &r.kid == *k)) {
                 return Err(format!("registry: kid `{k}` of {svc} is both live and revoked"));
             }
+            if let Some(k) = entry.signing_kid.as_ref().filter(|k| !entry.kids.contains(k)) {
+                return Err(format!("registry: signing kid `{k}` of {svc} is not one of its live kids"));
+            }
             for kid in &entry.kids {
                 if let Some(other) = owners.insert(kid, svc) {
                     return Err(format!("registry: kid `{kid}` is claimed by both {other} and {svc}"));
@@ -147,7 +172,26 @@ impl Registry {
                 }
             }
         }
+        for r in &self.retiring {
+            let entry = self.services.get(&r.service);
+            if !entry.is_some_and(|e| e.kids.contains(&r.kid)) {
+                return Err(format!("registry: retiring kid `{}` is not a live kid of {}", r.kid, r.service));
+            }
+            if entry.and_then(|e| e.signing_kid.as_ref()) == Some(&r.kid) {
+                return Err(format!("registry: kid `{}` of {} is both retiring and the signing key", r.kid, r.service));
+            }
+        }
         Ok(())
+    }
+
+    /// The key `service` signs with: its `signing_kid`, or its only live key.
+    pub fn signing_kid_of(&self, service: &ServiceName) -> Option<&str> {
+        let entry = self.services.get(service)?;
+        match (&entry.signing_kid, entry.kids.as_slice()) {
+            (Some(k), _) => Some(k),
+            (None, [only]) => Some(only),
+            _ => None,
+        }
     }
 
     /// The service owning `kid`, if any.

@@ -203,6 +203,8 @@ struct BoundKey {
     key: VerifyingKey,
     preview: PreviewId,
     service: ServiceName,
+    /// A rotated-out key: accepted until this instant (Unix seconds), then `key_revoked`.
+    until: Option<f64>,
 }
 
 /// Verifies tokens for one callee of one preview. Build it once per registry version; it is
@@ -265,7 +267,8 @@ impl Verifier {
                 .ok_or_else(|| VerifierError::Binding(format!("kid `{kid}` belongs to no service")))?
                 .clone();
             let key = jwk.to_verifying_key().map_err(|source| VerifierError::Key { kid: kid.clone(), source })?;
-            keys.insert(kid, Arc::new(BoundKey { key, preview: reg.preview.clone(), service }));
+            let until = reg.retiring.iter().find(|r| r.kid == kid).map(|r| r.until as f64);
+            keys.insert(kid, Arc::new(BoundKey { key, preview: reg.preview.clone(), service, until }));
         }
         let mut allowed_algs: Vec<Algorithm> = keys.values().map(|k| k.key.algorithm()).collect();
         allowed_algs.push(reg.algorithm);
@@ -312,7 +315,7 @@ impl Verifier {
                 continue;
             };
             let key = jwk.to_verifying_key().map_err(|source| VerifierError::Key { kid: kid.clone(), source })?;
-            keys.insert(kid, Arc::new(BoundKey { key, preview: kid_preview, service }));
+            keys.insert(kid, Arc::new(BoundKey { key, preview: kid_preview, service, until: None }));
         }
         let mut allowed_algs: Vec<Algorithm> = keys.values().map(|k| k.key.algorithm()).collect();
         allowed_algs.sort_by_key(|a| a.as_str());
@@ -355,6 +358,12 @@ impl Verifier {
     /// preview is gone (used by caches to drop entries at once).
     pub fn is_revoked(&self, kid: &str) -> bool {
         self.gone || self.revoked.contains_key(kid) || !self.keys.contains_key(kid)
+    }
+
+    /// Whether tokens of `kid` are refused at `now`: [`Verifier::is_revoked`], or the key was
+    /// rotated out and its overlap has ended.
+    pub fn is_revoked_at(&self, kid: &str, now: f64) -> bool {
+        self.is_revoked(kid) || self.keys.get(kid).and_then(|k| k.until).is_some_and(|until| now >= until)
     }
 
     /// Verifies a token at time `now` (Unix seconds).
@@ -427,6 +436,16 @@ impl Verifier {
             }
             return Err(fail(ReasonCode::UnknownKid, format!("kid is not a key of {}", self.preview), &info));
         };
+
+        // A rotated-out key stops at the end of its overlap, by the verifier's own clock: the
+        // control plane moving it to the revoked list later changes nothing.
+        if let Some(until) = bound.until.filter(|until| now >= *until) {
+            return Err(fail(
+                ReasonCode::KeyRevoked,
+                format!("key {kid} of {} was rotated out; its overlap ended at {until}", bound.service),
+                &info,
+            ));
+        }
 
         // key/alg match
         if bound.key.algorithm().as_str() != alg {

@@ -32,6 +32,7 @@ fn fixture() -> Fixture {
         address: None,
         kids: kids.into_iter().map(str::to_owned).collect(),
         accept_preview_audience: false,
+        signing_kid: None,
     };
     let mut services = BTreeMap::new();
     services.insert(svc("api"), entry("api", vec!["api-2-abc"]));
@@ -48,6 +49,7 @@ fn fixture() -> Fixture {
         policy: vec![CallRule { caller: svc("api"), callee: svc("payments"), methods: Some(vec!["POST".into()]), path: Some("/charge".into()) }],
         jwks: Jwks { keys: vec![api.public_jwk(), worker.public_jwk(), legacy.public_jwk()] },
         revoked: vec![RevokedKey { kid: "api-1-old".into(), service: svc("api"), revoked_at: 1_796_290_000, reason: "rotation".into() }],
+        retiring: vec![],
     };
     Fixture { reg, api, worker, legacy, old_api }
 }

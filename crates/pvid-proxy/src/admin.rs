@@ -42,6 +42,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let now = shared.clock.now();
     let age = (now - shared.registry.loaded_at()).max(0.0);
     let reg = &snapshot.registry;
+    let signer = shared.signer();
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (
             StatusCode::OK,
@@ -55,10 +56,10 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "registry_age_s": age,
                 "clock_unix_ms": (now * 1000.0).round() as i64,
                 // The key egress signs with, and whether the registry still publishes it: a
-                // sidecar reads its key once at start, so a preview torn down and provisioned
-                // again under the same id leaves it signing with a revoked key.
-                "signing_kid": shared.signing_key.as_ref().map(|k| k.kid().to_owned()),
-                "signing_key_live": shared.signing_key.as_ref().map(|k| snapshot.kids_of(&shared.service).iter().any(|kid| kid == k.kid())),
+                // sidecar follows rotations, but a preview torn down and provisioned again
+                // under the same id leaves it signing with a revoked key.
+                "signing_kid": signer.as_ref().map(|k| k.kid().to_owned()),
+                "signing_key_live": signer.as_ref().map(|k| snapshot.kids_of(&shared.service).iter().any(|kid| kid == k.kid())),
             })
             .to_string(),
         ),

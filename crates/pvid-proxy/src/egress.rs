@@ -51,6 +51,8 @@ struct Prepared {
     address: String,
     audience: String,
     token: String,
+    /// The key that signed it.
+    kid: String,
     cached: bool,
 }
 
@@ -72,6 +74,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     };
 
     shared.metrics.mint(prepared.is_ok());
+    let signer = shared.signer();
     let event = MintEvent {
         ts: rfc3339_millis(now),
         event: "auth.mint",
@@ -79,7 +82,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         service: shared.service.as_str(),
         callee,
         audience: prepared.as_ref().ok().map(|(_, p)| p.audience.clone()),
-        kid: shared.signing_key.as_deref().map(Signer::kid),
+        kid: prepared.as_ref().ok().map(|(_, p)| p.kid.as_str()).or_else(|| signer.as_deref().map(Signer::kid)),
         result: if prepared.is_ok() { "ok" } else { "error" },
         reason: match &prepared {
             Ok((_, p)) if p.cached => "cached",
@@ -143,39 +146,42 @@ async fn prepare(shared: &Shared, snapshot: &Snapshot, target: &Target, now: f64
         .address
         .clone()
         .ok_or_else(|| bad_gateway("callee_has_no_address", format!("the registry gives no address for {callee}")))?;
-    let key = shared.signing_key.as_deref().ok_or_else(|| {
+    let key = shared.signer().ok_or_else(|| {
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no_signing_key",
             "this sidecar was started without a signing key",
         )
     })?;
-    check_key_is_live(shared, snapshot, key)?;
+    check_key_is_live(shared, snapshot, key.as_ref(), now)?;
 
     let audience = service_identity(&shared.preview, &callee);
+    let kid = key.kid().to_owned();
     if let Some(token) = shared.minted.get(&callee, now) {
-        return Ok(Prepared { address, audience, token, cached: true });
+        return Ok(Prepared { address, audience, token, kid, cached: true });
     }
     let ttl_s = snapshot.registry.token_ttl_s;
     let request = MintRequest { from: &shared.service, preview: &shared.preview, audience: &audience, ttl_s, now };
     // A Transit signer answers in one HTTP round trip, or names OpenBao and what failed.
-    let minted = mint_with(key, &request)
+    let minted = mint_with(key.as_ref(), &request)
         .await
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "mint_failed", e.to_string()))?;
     let token = minted.token.clone();
     shared.minted.put(callee, minted);
-    Ok(Prepared { address, audience, token, cached: false })
+    Ok(Prepared { address, audience, token, kid, cached: false })
 }
 
 /// The sidecar signs only with a key the registry publishes for this service, and only while
 /// the preview is live.
-fn check_key_is_live(shared: &Shared, snapshot: &Snapshot, key: &dyn Signer) -> Result<(), Failure> {
+fn check_key_is_live(shared: &Shared, snapshot: &Snapshot, key: &dyn Signer, now: f64) -> Result<(), Failure> {
     let unavailable = |reason, detail: String| Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason, detail);
     let reg = &snapshot.registry;
     if reg.state.is_gone() {
         return Err(unavailable("preview_torn_down", format!("preview {} is {}", reg.preview, reg.state)));
     }
-    if reg.revoked.iter().any(|r| r.kid == key.kid()) {
+    // Revoked, or rotated out with its overlap over (verifiers refuse its tokens by now).
+    let retired = reg.owner_of(key.kid()).is_some() && snapshot.verifier.is_revoked_at(key.kid(), now);
+    if retired || reg.revoked.iter().any(|r| r.kid == key.kid()) {
         return Err(unavailable("key_revoked", format!("signing key {} was revoked", clip_field(key.kid()))));
     }
     if reg.owner_of(key.kid()) != Some(&shared.service) {

@@ -51,7 +51,7 @@ use tokio::sync::watch;
 
 pub use crate::limits::Limits;
 pub use crate::otlp::OtlpEndpoint;
-pub use crate::signer::{MintCache, Minted, SignError, Signer, mint_with};
+pub use crate::signer::{KeySource, MintCache, Minted, SignError, Signer, mint_with};
 #[cfg(feature = "openbao")]
 pub use crate::signer::TransitSigner;
 pub use crate::registry_source::{DEFAULT_MAX_STALE, DEFAULT_WAIT, HttpRegistry, REFETCH_INTERVAL, RegistrySource};
@@ -86,6 +86,9 @@ pub struct ProxyConfig {
     /// Signs this service's egress tokens: its private key ([`pvid_core::SigningKey`], sidecar
     /// custody) or a [`TransitSigner`] (transit custody, feature `openbao`).
     pub signing_key: Option<Arc<dyn Signer>>,
+    /// Where a new signing key is loaded from when the registry switches this service to
+    /// another key (a rotation); `None` keeps `signing_key` for the sidecar's lifetime.
+    pub key_source: Option<Arc<dyn KeySource>>,
     /// Where log lines go.
     pub log: LogTarget,
     /// Where decisions are also appended as a hash-chained evidence trail (`--evidence`).
@@ -108,6 +111,7 @@ impl fmt::Debug for ProxyConfig {
             .field("egress", &self.egress)
             .field("registry", &self.registry)
             .field("signing_key", &self.signing_key)
+            .field("key_source", &self.key_source)
             .field("log", &self.log)
             .field("evidence", &self.evidence)
             .field("cache", &self.cache)

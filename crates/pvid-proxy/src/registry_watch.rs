@@ -198,6 +198,35 @@ impl Shared {
         }
         let line = self.registry_event("registry.loaded", &next, Some(previous.registry.version), None);
         self.log.record(&line).await;
+        self.follow_signing_key(&next).await;
+    }
+
+    /// After a rotation switched this service's signing key in the registry, loads the new key
+    /// from the key source. Until it is in hand the old key keeps signing: the registry still
+    /// accepts it through the overlap.
+    async fn follow_signing_key(&self, next: &Snapshot) {
+        let Some(source) = &self.key_source else { return };
+        let Some(wanted) = next.registry.signing_kid_of(&self.service) else { return };
+        let held = self.signer().map(|k| k.kid().to_owned());
+        if held.as_deref() == Some(wanted) {
+            return;
+        }
+        let (event, detail) = match source.load().await {
+            Ok(key) if key.kid() == wanted => {
+                let detail = format!("signing with {wanted} (was {})", held.as_deref().unwrap_or("none"));
+                *self.signing_key.write().unwrap_or_else(PoisonError::into_inner) = Some(key);
+                // Tokens of the old key are not handed out again.
+                self.minted.clear();
+                ("key.loaded", detail)
+            }
+            Ok(key) => (
+                "key.reload_failed",
+                format!("the key store holds {}, the registry signs with {wanted}; keeping {}", key.kid(), held.as_deref().unwrap_or("none")),
+            ),
+            Err(e) => ("key.reload_failed", format!("{e}; keeping {}", held.as_deref().unwrap_or("none"))),
+        };
+        let line = self.registry_event(event, next, None, Some(clip_detail(&detail)));
+        self.log.record(&line).await;
     }
 }
 

@@ -48,7 +48,9 @@ pub(crate) struct Shared {
     pub registry: RegistryHandle,
     pub cache: Option<TokenCache>,
     pub client: HttpClient,
-    pub signing_key: Option<Arc<dyn Signer>>,
+    /// The key egress signs with; replaced when a rotation switches it (see `key_source`).
+    pub signing_key: std::sync::RwLock<Option<Arc<dyn Signer>>>,
+    pub key_source: Option<Arc<dyn crate::KeySource>>,
     pub minted: MintCache,
     pub metrics: Metrics,
     /// The OTLP export task, taken by `serve` to wait for the last batch.
@@ -56,6 +58,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The key egress signs with now.
+    pub(crate) fn signer(&self) -> Option<Arc<dyn Signer>> {
+        // The lock only guards an `Arc` swap, which cannot leave it half-written.
+        self.signing_key.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Opens the log and loads the registry; any failure here stops the sidecar from starting.
     pub(crate) async fn start(config: ProxyConfig) -> Result<Shared, ProxyError> {
         let evidence = match &config.evidence {
@@ -118,7 +126,8 @@ impl Shared {
             registry: RegistryHandle::new(Arc::new(snapshot)),
             cache: config.cache.then(|| TokenCache::new(TOKEN_CACHE_CAPACITY)),
             client,
-            signing_key: config.signing_key,
+            signing_key: std::sync::RwLock::new(config.signing_key),
+            key_source: config.key_source,
             minted: MintCache::default(),
             metrics,
             otlp_task: std::sync::Mutex::new(otlp_task),

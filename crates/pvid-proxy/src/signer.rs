@@ -64,6 +64,15 @@ impl Signer for SigningKey {
     }
 }
 
+/// Where a sidecar gets its signing key again when a rotation switches it: the registry names
+/// the key to sign with (`signing_kid`), and when that is not the one in hand the sidecar loads
+/// the current one from here (the secret store, or a key file the operator replaces).
+#[async_trait]
+pub trait KeySource: Send + Sync + fmt::Debug {
+    /// The service's signing key as its store holds it now; errors name the store.
+    async fn load(&self) -> Result<std::sync::Arc<dyn Signer>, String>;
+}
+
 /// A minted token and its `exp`.
 #[derive(Clone)]
 pub struct Minted {

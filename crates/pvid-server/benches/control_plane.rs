@@ -147,6 +147,7 @@ async fn revocation_propagation(pg: Option<&str>, sidecars: usize, trials: usize
                 egress: None,
                 registry: RegistrySource::Http(HttpRegistry::parse(&p.url).expect("url")),
                 signing_key: None,
+                key_source: None,
                 log: LogTarget::File(home.path().join(format!("sidecar-{trial}-{s}.jsonl"))),
                 evidence: None,
                 clock: Arc::new(SystemClock),

@@ -23,7 +23,7 @@ pub mod openbao;
 
 pub use error::StoreError;
 pub use evidence::EvidenceEntry;
-pub use secret::{LocalSecretStore, SecretMeta, SecretPath, SecretStore, StoredKey};
+pub use secret::{KeySlot, LocalSecretStore, SecretMeta, SecretPath, SecretStore, StoredKey};
 pub use transit::{TransitKeyName, TransitKeys, TransitPublicKey};
 #[cfg(feature = "openbao")]
 pub use openbao::OpenBaoSecretStore;

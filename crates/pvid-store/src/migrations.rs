@@ -39,6 +39,8 @@ CREATE INDEX evidence_by_preview ON evidence(preview_id, seq);
 "#,
     // 2: the TTL reaper looks up expired active previews.
     "CREATE INDEX previews_by_expiry ON previews(state, expires_at);",
+    // 3: rotation. A key replaced by a rotation stays live until `retire_at` (Unix seconds).
+    "ALTER TABLE keys ADD COLUMN retire_at INTEGER;",
 ];
 
 /// PostgreSQL migrations; the index + 1 is the schema version. Integers are `BIGINT` so that
@@ -77,6 +79,7 @@ CREATE TABLE evidence (
 CREATE INDEX evidence_by_preview ON evidence(preview_id, seq);
 "#,
     "CREATE INDEX previews_by_expiry ON previews(state, expires_at);",
+    "ALTER TABLE keys ADD COLUMN retire_at BIGINT;",
 ];
 
 #[cfg(test)]

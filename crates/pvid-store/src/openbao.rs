@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
-use crate::secret::{SecretMeta, SecretPath, SecretStore};
+use crate::secret::{KeySlot, SecretMeta, SecretPath, SecretStore};
 use crate::transit::{TransitKeyName, TransitKeys, TransitPublicKey};
 
 /// Private keys and Transit keys in OpenBao.
@@ -46,10 +46,12 @@ impl OpenBaoSecretStore {
         for service in self.client.kv_list(&format!("preview/{preview}")).await? {
             let Some(service) = service.strip_suffix('/') else { continue };
             let leaves = self.client.kv_list(&format!("preview/{preview}/{service}")).await?;
-            if leaves.iter().any(|l| l == "private-key") {
-                // Entries that are not pvid paths (not DNS labels) are not pvid's: skipped.
-                if let Ok(p) = SecretPath::parse(&format!("preview/{preview}/{service}/private-key")) {
-                    out.push(p);
+            for leaf in KeySlot::ALL.map(KeySlot::leaf) {
+                if leaves.iter().any(|l| l == leaf) {
+                    // Entries that are not pvid paths (not DNS labels) are not pvid's: skipped.
+                    if let Ok(p) = SecretPath::parse(&format!("preview/{preview}/{service}/{leaf}")) {
+                        out.push(p);
+                    }
                 }
             }
         }

@@ -21,37 +21,68 @@ use crate::error::StoreError;
 
 const SEALED_MAGIC: &[u8] = b"pvid-sealed-v1\n";
 
-/// A secret's path: `preview/<id>/<svc>/private-key`.
+/// Which private key of a service a path holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeySlot {
+    /// `private-key`: the key the service signs with.
+    Current,
+    /// `next-private-key`: the new key of a rotation, published but not yet used to sign.
+    Next,
+}
+
+impl KeySlot {
+    /// Both slots, current first.
+    pub const ALL: [KeySlot; 2] = [KeySlot::Current, KeySlot::Next];
+
+    /// The last path segment.
+    pub fn leaf(self) -> &'static str {
+        match self {
+            KeySlot::Current => "private-key",
+            KeySlot::Next => "next-private-key",
+        }
+    }
+}
+
+/// A secret's path: `preview/<id>/<svc>/private-key` (or `next-private-key` during a rotation).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SecretPath {
     /// The preview.
     pub preview: PreviewId,
     /// The service.
     pub service: ServiceName,
+    /// Which of its keys.
+    pub slot: KeySlot,
 }
 
 impl SecretPath {
     /// The private key path of a service.
     pub fn private_key(preview: &PreviewId, service: &ServiceName) -> SecretPath {
-        SecretPath { preview: preview.clone(), service: service.clone() }
+        SecretPath { preview: preview.clone(), service: service.clone(), slot: KeySlot::Current }
     }
 
-    /// Parses `preview/<id>/<svc>/private-key`.
+    /// Where a rotation keeps the new private key until signing switches to it.
+    pub fn next_private_key(preview: &PreviewId, service: &ServiceName) -> SecretPath {
+        SecretPath { slot: KeySlot::Next, ..SecretPath::private_key(preview, service) }
+    }
+
+    /// Parses `preview/<id>/<svc>/private-key` (or `next-private-key`).
     pub fn parse(s: &str) -> Result<SecretPath, StoreError> {
+        let bad = || StoreError::BadPath(s.to_owned());
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
-            ["preview", p, svc, "private-key"] => Ok(SecretPath {
-                preview: p.parse().map_err(|_| StoreError::BadPath(s.to_owned()))?,
-                service: svc.parse().map_err(|_| StoreError::BadPath(s.to_owned()))?,
+            ["preview", p, svc, leaf] => Ok(SecretPath {
+                preview: p.parse().map_err(|_| bad())?,
+                service: svc.parse().map_err(|_| bad())?,
+                slot: KeySlot::ALL.into_iter().find(|k| k.leaf() == *leaf).ok_or_else(bad)?,
             }),
-            _ => Err(StoreError::BadPath(s.to_owned())),
+            _ => Err(bad()),
         }
     }
 }
 
 impl fmt::Display for SecretPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "preview/{}/{}/private-key", self.preview, self.service)
+        write!(f, "preview/{}/{}/{}", self.preview, self.service, self.slot.leaf())
     }
 }
 
@@ -224,18 +255,21 @@ impl LocalSecretStore {
         };
         for e in entries.filter_map(Result::ok) {
             let sdir = e.path();
-            // A `.tmp` alone is a write killed before its rename: sealed key material all the
-            // same, so it is listed (and found by the orphan audit, removed by `delete`).
-            if sdir.join("private-key.sealed").exists() || sdir.join("private-key.tmp").exists() {
-                let service = e.file_name().to_string_lossy().into_owned();
-                out.push(SecretPath::parse(&format!("preview/{preview}/{service}/private-key"))?);
+            let service = e.file_name().to_string_lossy().into_owned();
+            for slot in KeySlot::ALL {
+                // A `.tmp` alone is a write killed before its rename: sealed key material all the
+                // same, so it is listed (and found by the orphan audit, removed by `delete`).
+                let leaf = slot.leaf();
+                if sdir.join(format!("{leaf}.sealed")).exists() || sdir.join(format!("{leaf}.tmp")).exists() {
+                    out.push(SecretPath::parse(&format!("preview/{preview}/{service}/{leaf}"))?);
+                }
             }
         }
         Ok(())
     }
 
     fn file(&self, path: &SecretPath) -> PathBuf {
-        self.root.join("preview").join(path.preview.as_str()).join(path.service.as_str()).join("private-key.sealed")
+        self.root.join("preview").join(path.preview.as_str()).join(path.service.as_str()).join(format!("{}.sealed", path.slot.leaf()))
     }
 
     fn seal(&self, path: &SecretPath, value: &[u8]) -> Result<Vec<u8>, StoreError> {

@@ -62,8 +62,12 @@ impl Backend {
 pub enum KeyState {
     /// Recorded before its private half is written to the secret store; not yet published.
     Pending,
+    /// The new key of a rotation: published (verifiers accept it) but not yet used to sign.
+    Next,
     /// Published and used for signing.
     Active,
+    /// Replaced by a rotation: still published until its `retire_at`, no longer used to sign.
+    Retiring,
     /// Revoked: published only in the registry's revoked list.
     Revoked,
 }
@@ -73,7 +77,9 @@ impl KeyState {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Pending => "pending",
+            KeyState::Next => "next",
             KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
             KeyState::Revoked => "revoked",
         }
     }
@@ -84,7 +90,9 @@ impl FromStr for KeyState {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "pending" => Ok(KeyState::Pending),
+            "next" => Ok(KeyState::Next),
             "active" => Ok(KeyState::Active),
+            "retiring" => Ok(KeyState::Retiring),
             "revoked" => Ok(KeyState::Revoked),
             _ => Err(format!("unknown key state `{s}`")),
         }
@@ -129,6 +137,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
     pub revoke_reason: Option<String>,
+    /// When a rotated-out key stops being accepted (Unix seconds); set in state `retiring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<i64>,
 }
 
 /// Unix seconds now.
@@ -537,6 +548,66 @@ impl StateStore {
         self.key_change("activate key", query, kid, unix_now()).await.map(drop)
     }
 
+    /// Publishes the pending new key of a rotation (`pending → next`).
+    pub async fn publish_next_key(&self, kid: &str) -> Result<(), StoreError> {
+        let query = sqlx::query("UPDATE keys SET state = 'next' WHERE kid = $1 AND state = 'pending'").bind(kid.to_owned());
+        self.key_change("publish next key", query, kid, unix_now()).await.map(drop)
+    }
+
+    /// Switches a service's signing key in one transaction (one version step): `next` becomes
+    /// `active`, and the old active key becomes `retiring` until `retire_at`, or is revoked at
+    /// once with `revoke_reason` when that is given (an emergency rotation). Idempotent.
+    pub async fn switch_signing_key(
+        &self,
+        preview: &PreviewId,
+        old_kid: &str,
+        new_kid: &str,
+        retire_at: i64,
+        revoke_reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = unix_now();
+        let mut tx = self.pool.begin().await.map_err(q("switch signing key"))?;
+        let promoted = sqlx::query("UPDATE keys SET state = 'active' WHERE kid = $1 AND preview_id = $2 AND state IN ('next', 'pending')")
+            .bind(new_kid.to_owned())
+            .bind(preview.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(q("switch signing key"))?
+            .rows_affected();
+        let demoted = match revoke_reason {
+            Some(reason) => sqlx::query(
+                "UPDATE keys SET state = 'revoked', revoked_at = $3, revoke_reason = $4
+                 WHERE kid = $1 AND preview_id = $2 AND state IN ('active', 'retiring')",
+            )
+            .bind(old_kid.to_owned())
+            .bind(preview.as_str())
+            .bind(now)
+            .bind(reason.to_owned()),
+            None => sqlx::query("UPDATE keys SET state = 'retiring', retire_at = $3 WHERE kid = $1 AND preview_id = $2 AND state = 'active'")
+                .bind(old_kid.to_owned())
+                .bind(preview.as_str())
+                .bind(retire_at),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(q("switch signing key"))?
+        .rows_affected();
+        let changed = promoted + demoted > 0;
+        if changed {
+            sqlx::query("UPDATE previews SET version = version + 1, updated_at = $2 WHERE id = $1")
+                .bind(preview.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("switch signing key"))?;
+        }
+        tx.commit().await.map_err(q("switch signing key"))?;
+        if changed {
+            self.announce();
+        }
+        Ok(())
+    }
+
     /// Revokes a key (idempotent: the first revocation time and reason are kept).
     pub async fn revoke_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
         let now = unix_now();
@@ -707,6 +778,7 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRecord, StoreError> {
         created_at: r.get("created_at"),
         revoked_at: r.get("revoked_at"),
         revoke_reason: r.get("revoke_reason"),
+        retire_at: r.get("retire_at"),
     })
 }
 

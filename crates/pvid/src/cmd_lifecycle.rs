@@ -236,7 +236,8 @@ pub async fn show(home: &Path, srv: &ServerArgs, a: ShowArgs) -> Result<i32, Fai
                     .iter()
                     .filter(|k| &k.service == name)
                     .map(|k| json!({"kid": k.kid, "state": k.state.as_str(), "alg": k.jwk.alg, "created_at": rfc3339(k.created_at),
-                                    "revoked_at": k.revoked_at.map(rfc3339), "revoke_reason": k.revoke_reason}))
+                                    "revoked_at": k.revoked_at.map(rfc3339), "revoke_reason": k.revoke_reason,
+                                    "retire_at": k.retire_at.map(rfc3339)}))
                     .collect();
                 json!({"service": name, "issuer": e.issuer, "audience": e.audience, "address": e.address,
                        "accept_preview_audience": e.accept_preview_audience, "keys": ks})
@@ -263,6 +264,10 @@ pub async fn show(home: &Path, srv: &ServerArgs, a: ShowArgs) -> Result<i32, Fai
         for k in mine {
             outln!("{:<12} {:<28} {:<22} {:<10} {}", name, e.issuer, k.kid, k.state.as_str(), e.address.as_deref().unwrap_or("-"));
         }
+    }
+    for k in keys.iter().filter(|k| k.state == pvid_store::KeyState::Retiring) {
+        let until = k.retire_at.map_or_else(|| "?".to_owned(), rfc3339);
+        outln!("rotation: {} of {} is accepted until {until}, then refused with key_revoked", k.kid, k.service);
     }
     outln!("policy (everything else is denied):");
     for r in &reg.policy {

@@ -7,7 +7,7 @@
 use anyhow::anyhow;
 use clap::Args;
 use pvid_core::{Clock, PreviewId, ServiceName, SystemClock};
-use pvid_proxy::{HttpRegistry, LogTarget, OtlpEndpoint, Proxy, ProxyConfig, RegistrySource};
+use pvid_proxy::{HttpRegistry, KeySource, LogTarget, OtlpEndpoint, Proxy, ProxyConfig, RegistrySource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,6 +108,13 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
     };
     // Egress needs this service's private key; inbound validation needs only public keys.
     // Sidecar custody: the key is fetched once; transit custody: OpenBao signs each new token.
+    // After a rotation the registry names another signing key: the sidecar loads it again from
+    // the same place (the key file, replaced by the operator, or the secret store).
+    let key_source: Option<Arc<dyn KeySource>> = match (a.egress, &a.key_file) {
+        (None, _) => None,
+        (Some(_), Some(file)) => Some(Arc::new(KeyFileSource { file: file.clone(), preview: a.preview.clone(), service: a.service.clone() })),
+        (Some(_), None) => Some(Arc::new(StoreKeySource { home: home.to_owned(), preview: a.preview.clone(), service: a.service.clone() })),
+    };
     let signing_key = if let (Some(_), Some(file)) = (a.egress, &a.key_file) {
         Some(Arc::new(read_key_file(file, &a.preview, &a.service)?) as Arc<dyn pvid_proxy::Signer>)
     } else if a.egress.is_some() {
@@ -126,6 +133,7 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         egress: a.egress,
         registry,
         signing_key,
+        key_source,
         log: a.log.map_or(LogTarget::Stdout, LogTarget::File),
         evidence: a.evidence,
         clock: if a.dangerous_clock_offset_for_tests == 0.0 {
@@ -152,6 +160,45 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
     );
     proxy.serve(shutdown_signal()).await.map_err(operational)?;
     Ok(0)
+}
+
+/// A service's key as the secret store holds it now (sidecar custody; transit custody does not
+/// rotate yet, and a Transit signer names its key version at start).
+#[derive(Debug)]
+struct StoreKeySource {
+    home: PathBuf,
+    preview: PreviewId,
+    service: ServiceName,
+}
+
+#[async_trait::async_trait]
+impl KeySource for StoreKeySource {
+    async fn load(&self) -> Result<Arc<dyn pvid_proxy::Signer>, String> {
+        let control = context::open(&self.home).await.map_err(|e| format!("{:#}", e.error))?;
+        let key = control.signing_key(&self.preview, &self.service).await;
+        control.state().close().await;
+        match key {
+            Ok(Some(key)) => Ok(Arc::new(key)),
+            Ok(None) => Err(format!("no key for {}/{} in the secret store", self.preview, self.service)),
+            Err(e) => Err(format!("secret store: {e}")),
+        }
+    }
+}
+
+/// A key file (`--key-file`), read again: the operator replaces it after a rotation (a
+/// Kubernetes Secret volume is updated in place).
+#[derive(Debug)]
+struct KeyFileSource {
+    file: PathBuf,
+    preview: PreviewId,
+    service: ServiceName,
+}
+
+#[async_trait::async_trait]
+impl KeySource for KeyFileSource {
+    async fn load(&self) -> Result<Arc<dyn pvid_proxy::Signer>, String> {
+        read_key_file(&self.file, &self.preview, &self.service).map(|k| Arc::new(k) as Arc<dyn pvid_proxy::Signer>).map_err(|e| format!("{:#}", e.error))
+    }
 }
 
 /// The system clock shifted by a fixed number of seconds.

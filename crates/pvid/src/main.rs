@@ -22,6 +22,7 @@ mod cmd_matrix;
 mod cmd_proxy;
 mod cmd_recommend;
 mod cmd_render;
+mod cmd_rotate;
 mod cmd_serve;
 mod cmd_token;
 mod context;
@@ -105,6 +106,11 @@ enum Command {
     /// the rule's, /admin, edges with no rule). Exit 0 when every probe matches, 1 on a mismatch,
     /// 3 when a sidecar cannot be reached.
     Matrix(cmd_matrix::MatrixArgs),
+    /// Rotate a live preview's keys without downtime: publish the new key, switch signing once
+    /// the sidecars hold it (--ack) or after --publish-delay, accept the old key's tokens for the
+    /// overlap (token lifetime + leeway), then refuse them with key_revoked. --emergency switches
+    /// at once and refuses the old key now. Re-run an interrupted rotation to finish it.
+    Rotate(cmd_rotate::RotateArgs),
     /// Recommend a pattern (shared, per-service, mesh, sidecar) for a size and substrate, and
     /// the next commands.
     Recommend(cmd_recommend::RecommendArgs),
@@ -169,6 +175,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Logs(a) => cmd_explain::logs_cmd(&home, a),
         Command::Render(a) => cmd_render::run(&home, a).await,
         Command::Matrix(a) => cmd_matrix::run(&home, a).await,
+        Command::Rotate(a) => cmd_rotate::rotate(&home, &cli.server, a).await,
         Command::Recommend(a) => cmd_recommend::run(a),
         Command::Demo(a) => demo::run(a).await,
         Command::Serve(a) => cmd_serve::run(&home, a).await,

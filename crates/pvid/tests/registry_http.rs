@@ -59,7 +59,7 @@ mod registry_http {
             let id = format!("preview-pr-1-{name}");
             services.insert(
                 name.parse().unwrap(),
-                ServiceEntry { issuer: id.clone(), audience: id, address: None, kids, accept_preview_audience: name == "orders" },
+                ServiceEntry { issuer: id.clone(), audience: id, address: None, kids, accept_preview_audience: name == "orders", signing_kid: None },
             );
         }
         let policy = ["api", "web", "worker"]
@@ -81,6 +81,7 @@ mod registry_http {
             policy,
             jwks,
             revoked: vec![],
+            retiring: vec![],
         };
         serde_json::to_vec(&reg).unwrap()
     }

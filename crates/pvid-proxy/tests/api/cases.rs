@@ -45,6 +45,7 @@ fn pr1_registry() -> Registry {
                 address: None,
                 kids,
                 accept_preview_audience: name == "orders",
+                signing_kid: None,
             },
         );
     }
@@ -67,6 +68,7 @@ fn pr1_registry() -> Registry {
         policy,
         jwks,
         revoked: vec![],
+        retiring: vec![],
     }
 }
 
@@ -82,6 +84,7 @@ async fn request_level_cases_give_their_expected_reasons_through_a_real_sidecar(
         egress: None,
         registry: pvid_proxy::RegistrySource::File(world.registry_path.clone()),
         signing_key: None,
+        key_source: None,
         log: LogTarget::File(log.clone()),
         evidence: None,
         clock: Arc::new(FixedClock(1_796_299_200.0)),

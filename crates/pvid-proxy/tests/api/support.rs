@@ -175,6 +175,7 @@ pub fn registry(keys: &Keys) -> Registry {
                 address: None,
                 kids: vec![key.kid().to_owned()],
                 accept_preview_audience: false,
+                signing_kid: None,
             },
         );
     }
@@ -196,6 +197,7 @@ pub fn registry(keys: &Keys) -> Registry {
         ],
         jwks: Jwks { keys: vec![keys.api.public_jwk(), keys.worker.public_jwk(), keys.payments.public_jwk()] },
         revoked: vec![],
+        retiring: vec![],
     }
 }
 
@@ -270,6 +272,7 @@ impl World {
             egress: None,
             registry: self.registry_path.clone().into(),
             signing_key: None,
+            key_source: None,
             log: LogTarget::File(self.dir.path().join(format!("{service}.log"))),
             evidence: None,
             clock,

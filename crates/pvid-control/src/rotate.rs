@@ -1,0 +1,305 @@
+//! Key rotation with overlap (sidecar custody). Three steps, each idempotent and each run under
+//! the preview's operation lock, so a rotation killed at any instant is finished by running the
+//! same step again:
+//!
+//! 1. [`Control::begin_rotation`]: a new key per service, its private half at
+//!    `next-private-key`, its public half published (state `next`): verifiers accept it, nobody
+//!    signs with it yet.
+//! 2. [`Control::switch_signing`], once every verifier holds that registry version: the new key
+//!    becomes `active` (it is copied to `private-key`, where sidecars load their key from), the
+//!    old one `retiring` until the end of the overlap: verifiers accept tokens it signed until
+//!    then, and refuse them with `key_revoked` from then on, by their own clock.
+//! 3. [`Control::retire_due`]: retiring keys whose overlap is over move to the revoked list.
+//!
+//! An emergency rotation (a leaked key) runs 1 and 2 at once and revokes the old key in 2.
+
+use pvid_core::explain::rfc3339;
+use pvid_core::key::random_suffix;
+use pvid_core::token::DEFAULT_LEEWAY_S;
+use pvid_core::{KeyCustody, PreviewId, PreviewState, ServiceName, SigningKey};
+use pvid_store::state::unix_now;
+use pvid_store::{KeyRecord, KeyState, PreviewRecord, SecretMeta, SecretPath, StoredKey};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::LifecycleError;
+use crate::lifecycle::Control;
+
+/// A new key published by [`Control::begin_rotation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NextKey {
+    /// The service.
+    pub service: ServiceName,
+    /// The new key.
+    pub kid: String,
+    /// Whether this run made it (false: an earlier, interrupted run did).
+    pub created: bool,
+}
+
+/// A signing switch made by [`Control::switch_signing`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Switched {
+    /// The service.
+    pub service: ServiceName,
+    /// The key it signed with until now (none when it had no active key).
+    pub old_kid: Option<String>,
+    /// The key it signs with from now on.
+    pub new_kid: String,
+    /// When tokens of the old key stop being accepted (Unix seconds); now, for an emergency.
+    pub old_key_until: i64,
+}
+
+/// The overlap after a switch: the longest a token signed just before it stays valid, the
+/// token lifetime plus the verifiers' leeway on `exp`.
+pub fn default_overlap_s(token_ttl_s: u64) -> u64 {
+    token_ttl_s + DEFAULT_LEEWAY_S
+}
+
+impl Control {
+    /// Step 1: publishes a new key for `service` (every service when `None`). Keys already
+    /// published by an interrupted run are kept. Retiring keys whose overlap is over are revoked
+    /// first; a service still in the overlap of its last rotation is refused, unless
+    /// `emergency`, which revokes that key too (a leak may be of either key).
+    pub async fn begin_rotation(
+        &self,
+        id: &PreviewId,
+        service: Option<&ServiceName>,
+        emergency: bool,
+    ) -> Result<Vec<NextKey>, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = self.begin_rotation_locked(id, service, emergency).await;
+        lock.release().await;
+        result
+    }
+
+    async fn begin_rotation_locked(
+        &self,
+        id: &PreviewId,
+        service: Option<&ServiceName>,
+        emergency: bool,
+    ) -> Result<Vec<NextKey>, LifecycleError> {
+        let rec = self.rotatable(id).await?;
+        let services = selected(&rec, service)?;
+        self.retire_due_locked(id, unix_now()).await?;
+        let keys = self.state.keys(id).await?;
+        // Refuse before changing anything: one service in its overlap stops the whole run.
+        if !emergency {
+            if let Some(k) = keys.iter().find(|k| k.state == KeyState::Retiring && services.contains(&k.service)) {
+                return Err(LifecycleError::RotationInProgress {
+                    preview: id.to_string(),
+                    service: k.service.to_string(),
+                    kid: k.kid.clone(),
+                    until: rfc3339(k.retire_at.unwrap_or_default()),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        let mut fresh: Vec<(ServiceName, SigningKey)> = Vec::new();
+        for svc in &services {
+            let mine: Vec<&KeyRecord> = keys.iter().filter(|k| &k.service == svc).collect();
+            if emergency {
+                for k in mine.iter().filter(|k| k.state == KeyState::Retiring) {
+                    self.revoke_recorded(id, k, "emergency rotation").await?;
+                }
+            }
+            let path = SecretPath::next_private_key(id, svc);
+            let stored_kid = match self.secrets.get(&path).await? {
+                Some(bytes) => Some(StoredKey::from_bytes(&path, &bytes)?.kid),
+                None => None,
+            };
+            let mut have_next = false;
+            for k in mine.iter().filter(|k| matches!(k.state, KeyState::Pending | KeyState::Next)) {
+                let matches_secret = stored_kid.as_deref() == Some(k.kid.as_str());
+                match k.state {
+                    KeyState::Next if matches_secret && !have_next => have_next = true,
+                    // A crash between the secret write and the publication: finish it.
+                    KeyState::Pending if matches_secret && !have_next => {
+                        self.state.publish_next_key(&k.kid).await?;
+                        self.state
+                            .append_evidence(id, "key.issued", json!({"service": svc, "kid": k.kid, "rotation": true, "resumed": true}))
+                            .await?;
+                        have_next = true;
+                    }
+                    KeyState::Pending => self.state.delete_pending_key(&k.kid).await?,
+                    _ => self.revoke_recorded(id, k, "rotation secret missing").await?,
+                }
+                if have_next && matches_secret {
+                    out.push(NextKey { service: svc.clone(), kid: k.kid.clone(), created: false });
+                }
+            }
+            if have_next {
+                continue;
+            }
+            let kid = format!("{}-{}-{}", svc, mine.len() + 1, random_suffix(10));
+            let key = SigningKey::generate(rec.config.algorithm, kid)
+                .map_err(|e| LifecycleError::KeyGen { service: svc.to_string(), reason: e.to_string() })?;
+            fresh.push((svc.clone(), key));
+        }
+        // The provision order: pending rows, secrets, evidence, then publication.
+        let records: Vec<KeyRecord> = fresh
+            .iter()
+            .map(|(service, key)| KeyRecord {
+                kid: key.kid().to_owned(),
+                preview_id: id.clone(),
+                service: service.clone(),
+                state: KeyState::Pending,
+                jwk: key.public_jwk(),
+                created_at: unix_now(),
+                revoked_at: None,
+                revoke_reason: None,
+                retire_at: None,
+            })
+            .collect();
+        self.state.insert_keys(&records).await?;
+        for (service, key) in &fresh {
+            let meta = SecretMeta { kid: key.kid(), created_at: unix_now() };
+            self.secrets.put_key(&SecretPath::next_private_key(id, service), &StoredKey::from_signing_key(key).to_bytes(), &meta).await?;
+            self.failpoint("after_next_secret_write").await;
+        }
+        for (service, key) in &fresh {
+            self.state
+                .append_evidence(
+                    id,
+                    "key.issued",
+                    json!({"service": service, "kid": key.kid(), "alg": rec.config.algorithm, "rotation": true, "actor": self.actor}),
+                )
+                .await?;
+            self.state.publish_next_key(key.kid()).await?;
+            out.push(NextKey { service: service.clone(), kid: key.kid().to_owned(), created: true });
+        }
+        self.publish(id).await?;
+        Ok(out)
+    }
+
+    /// Step 2: every selected service with a published next key signs with it from now on; its
+    /// old key is accepted `overlap_s` more seconds, or refused at once when `emergency`.
+    /// Call it once the registry version of step 1 reached every verifier. Services without a
+    /// next key are left as they are.
+    pub async fn switch_signing(
+        &self,
+        id: &PreviewId,
+        service: Option<&ServiceName>,
+        overlap_s: u64,
+        emergency: bool,
+    ) -> Result<Vec<Switched>, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = self.switch_signing_locked(id, service, overlap_s, emergency).await;
+        lock.release().await;
+        result
+    }
+
+    async fn switch_signing_locked(
+        &self,
+        id: &PreviewId,
+        service: Option<&ServiceName>,
+        overlap_s: u64,
+        emergency: bool,
+    ) -> Result<Vec<Switched>, LifecycleError> {
+        let rec = self.rotatable(id).await?;
+        let services = selected(&rec, service)?;
+        let keys = self.state.keys(id).await?;
+        let mut out = Vec::new();
+        for svc in &services {
+            let next_path = SecretPath::next_private_key(id, svc);
+            let Some(next) = keys.iter().find(|k| &k.service == svc && k.state == KeyState::Next) else {
+                // A run killed after the switch left the copy in `next-private-key`.
+                if self.secrets.get(&next_path).await?.is_some() {
+                    self.delete_recorded(id, &next_path).await?;
+                }
+                continue;
+            };
+            let bytes = self.secrets.get(&next_path).await?.ok_or_else(|| pvid_store::StoreError::BadSecret {
+                path: format!("{next_path} (missing: run pvid rotate again to issue a new key)"),
+            })?;
+            let stored = StoredKey::from_bytes(&next_path, &bytes)?;
+            if stored.kid != next.kid {
+                return Err(pvid_store::StoreError::BadSecret { path: format!("{next_path} holds {} not {}", stored.kid, next.kid) }.into());
+            }
+            let meta = SecretMeta { kid: &next.kid, created_at: next.created_at };
+            self.secrets.put_key(&SecretPath::private_key(id, svc), &bytes, &meta).await?;
+            self.failpoint("after_signing_secret_write").await;
+            let old = keys.iter().find(|k| &k.service == svc && k.state == KeyState::Active);
+            let now = unix_now();
+            let until = if emergency { now } else { now + overlap_s as i64 };
+            let reason = emergency.then_some("emergency rotation");
+            self.state.switch_signing_key(id, old.map_or("", |k| k.kid.as_str()), &next.kid, until, reason).await?;
+            self.state
+                .append_evidence(
+                    id,
+                    "key.rotated",
+                    json!({"service": svc, "old_kid": old.map(|k| &k.kid), "new_kid": next.kid,
+                           "old_key_until": until, "emergency": emergency, "actor": self.actor}),
+                )
+                .await?;
+            if let (Some(old), true) = (old, emergency) {
+                self.state
+                    .append_evidence(id, "key.revoked", json!({"service": svc, "kid": old.kid, "reason": "emergency rotation"}))
+                    .await?;
+            }
+            self.publish(id).await?;
+            self.delete_recorded(id, &next_path).await?;
+            out.push(Switched { service: svc.clone(), old_kid: old.map(|k| k.kid.clone()), new_kid: next.kid.clone(), old_key_until: until });
+        }
+        Ok(out)
+    }
+
+    /// Step 3: revokes the retiring keys of a preview whose overlap ended at or before `now`.
+    /// Verifiers already refuse them by then; this moves them to the registry's revoked list.
+    /// Returns the kids revoked.
+    pub async fn retire_due(&self, id: &PreviewId, now: i64) -> Result<Vec<String>, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = self.retire_due_locked(id, now).await;
+        lock.release().await;
+        result
+    }
+
+    async fn retire_due_locked(&self, id: &PreviewId, now: i64) -> Result<Vec<String>, LifecycleError> {
+        let due: Vec<KeyRecord> = self
+            .state
+            .keys(id)
+            .await?
+            .into_iter()
+            .filter(|k| k.state == KeyState::Retiring && k.retire_at.is_some_and(|t| t <= now))
+            .collect();
+        for k in &due {
+            self.revoke_recorded(id, k, "rotation").await?;
+        }
+        if !due.is_empty() {
+            self.publish(id).await?;
+        }
+        Ok(due.into_iter().map(|k| k.kid).collect())
+    }
+
+    /// The preview, if it may rotate: active, sidecar custody.
+    async fn rotatable(&self, id: &PreviewId) -> Result<PreviewRecord, LifecycleError> {
+        let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+        if rec.state != PreviewState::Active {
+            return Err(LifecycleError::NotActive { preview: id.to_string(), state: rec.state.to_string() });
+        }
+        if rec.config.key_custody == KeyCustody::Transit {
+            return Err(LifecycleError::TransitRotation(id.to_string()));
+        }
+        Ok(rec)
+    }
+
+    async fn revoke_recorded(&self, id: &PreviewId, k: &KeyRecord, reason: &str) -> Result<(), LifecycleError> {
+        self.state.revoke_key(&k.kid, reason).await?;
+        self.state.append_evidence(id, "key.revoked", json!({"service": k.service, "kid": k.kid, "reason": reason})).await?;
+        Ok(())
+    }
+
+    async fn delete_recorded(&self, id: &PreviewId, path: &SecretPath) -> Result<(), LifecycleError> {
+        self.secrets.delete(path).await?;
+        self.state.append_evidence(id, "secret.deleted", json!({"path": path.to_string(), "store": self.secrets.kind()})).await?;
+        Ok(())
+    }
+}
+
+/// The services a rotation covers: one, or all of the spec's.
+fn selected(rec: &PreviewRecord, service: Option<&ServiceName>) -> Result<Vec<ServiceName>, LifecycleError> {
+    match service {
+        Some(s) if rec.config.services.iter().any(|c| &c.name == s) => Ok(vec![s.clone()]),
+        Some(s) => Err(LifecycleError::UnknownService { preview: rec.id.to_string(), service: s.to_string() }),
+        None => Ok(rec.config.services.iter().map(|c| c.name.clone()).collect()),
+    }
+}
