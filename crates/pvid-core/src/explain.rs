@@ -125,6 +125,11 @@ pub fn explain(reg: Option<&Registry>, service: &ServiceName, o: &Observation) -
                 .as_deref()
                 .and_then(|k| reg.and_then(|r| r.revoked.iter().find(|x| x.kid == k)))
                 .map(|r| format!(" (revoked at {} for {})", rfc3339(r.revoked_at), r.reason))
+                .or_else(|| {
+                    let k = o.kid.as_deref()?;
+                    let r = reg?.retiring.iter().find(|x| x.kid == k)?;
+                    Some(format!(" (rotated out; its overlap ended at {})", rfc3339(r.until)))
+                })
                 .unwrap_or_default();
             e(
                 "stale_key",

@@ -211,3 +211,48 @@ fn bare_jwks_binds_kids_by_their_exact_form_and_refuses_ambiguity() {
     let v = Verifier::from_jwks(&both, &preview, &issuers(&["b"]), vec!["preview-p-b".into()]).unwrap();
     assert_eq!(v.verify(&token, NOW).unwrap_err().reason, ReasonCode::UnknownKid);
 }
+
+#[test]
+fn a_rotated_out_key_is_accepted_until_its_overlap_ends_then_key_revoked_also_from_the_cache() {
+    let mut f = fixture();
+    // api rotated: api-3-new signs, api-2-abc is retiring until NOW + 100.
+    let new_api = SigningKey::generate(Algorithm::ES256, "api-3-new".into()).unwrap();
+    f.reg.jwks.keys.push(new_api.public_jwk());
+    let entry = f.reg.services.get_mut(&svc("api")).unwrap();
+    entry.kids.push("api-3-new".into());
+    entry.signing_kid = Some("api-3-new".into());
+    let until = NOW as i64 + 100;
+    f.reg.retiring.push(pvid_core::RetiringKey { kid: "api-2-abc".into(), service: svc("api"), until });
+    let reg = Registry::from_json(&serde_json::to_vec(&f.reg).unwrap()).expect("a registry mid-rotation is valid");
+    assert_eq!(reg.signing_kid_of(&svc("api")), Some("api-3-new"));
+
+    let verifier = Verifier::for_service(&reg, &svc("payments")).unwrap();
+    let old = sign(&f.api, header(&f.api), claims("api"));
+    let new = sign(&new_api, header(&new_api), claims("api"));
+    let at = |token: &str, t: f64| verifier.verify(token, t).map(|v| v.kid).map_err(|r| r.reason);
+    assert_eq!(at(&old, until as f64 - 0.001), Ok("api-2-abc".to_owned()));
+    assert_eq!(at(&old, until as f64), Err(ReasonCode::KeyRevoked));
+    assert_eq!(at(&new, until as f64 + 1.0), Ok("api-3-new".to_owned()));
+
+    // A cache hit from inside the overlap does not outlive it.
+    let cache = pvid_core::cache::TokenCache::new(16);
+    let key = pvid_core::cache::TokenCache::key(&old);
+    cache.insert(key, verifier.verify(&old, NOW).unwrap(), NOW);
+    assert!(cache.get(&key, until as f64 - 1.0, &verifier).is_some());
+    assert!(cache.get(&key, until as f64, &verifier).is_none());
+}
+
+#[test]
+fn a_registry_whose_rotation_fields_contradict_its_keys_is_refused() {
+    let f = fixture();
+    let mut bad = f.reg.clone();
+    bad.services.get_mut(&svc("api")).unwrap().signing_kid = Some("worker-1-def".into());
+    assert!(Registry::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("signing kid"));
+    let mut bad = f.reg.clone();
+    bad.retiring.push(pvid_core::RetiringKey { kid: "worker-1-def".into(), service: svc("api"), until: 1 });
+    assert!(Registry::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("not a live kid"));
+    let mut bad = f.reg.clone();
+    bad.services.get_mut(&svc("api")).unwrap().signing_kid = Some("api-2-abc".into());
+    bad.retiring.push(pvid_core::RetiringKey { kid: "api-2-abc".into(), service: svc("api"), until: 1 });
+    assert!(Registry::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("both retiring and the signing key"));
+}

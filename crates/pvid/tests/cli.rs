@@ -12,6 +12,7 @@ mod cli {
     mod otlp;
     mod secrets;
     mod render;
+    mod rotate;
     mod openbao;
     mod serve;
     mod spec_errors;

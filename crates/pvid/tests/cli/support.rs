@@ -54,7 +54,8 @@ fn capture(home: &Path, args: &[&str], out: &Output) {
         write("out", format!("{id}.stdout"), &out.stdout);
     }
     write("out", format!("{id}.stderr"), &out.stderr);
-    if args.first() == Some(&"up") && out.status.success() {
+    // `up` and `rotate` make private keys.
+    if matches!(args.first(), Some(&"up" | &"rotate")) && out.status.success() {
         use pvid_store::SecretStore as _;
         // A thread of its own: callers may be async tests, where a nested runtime would panic.
         std::thread::scope(|scope| {
@@ -64,7 +65,7 @@ fn capture(home: &Path, args: &[&str], out: &Output) {
                 for path in rt.block_on(store.list()).expect("list secrets") {
                     if let Some(bytes) = rt.block_on(store.get(&path)).expect("read secret") {
                         let key = pvid_store::StoredKey::from_bytes(&path, &bytes).expect("stored key");
-                        write("needles/keys", format!("{id}-{}.der", path.service), &key.pkcs8);
+                        write("needles/keys", format!("{id}-{}-{}.der", path.service, path.slot.leaf()), &key.pkcs8);
                     }
                 }
             });
