@@ -615,6 +615,9 @@ fn describe_changes(old: &PreviewConfig, new: &PreviewConfig) -> String {
     if old.ttl_s != new.ttl_s {
         out.push("ttl changed".to_owned());
     }
+    if old.rotation_period_s != new.rotation_period_s {
+        out.push("rotation_period changed".to_owned());
+    }
     let names = |c: &PreviewConfig| c.services.iter().map(|s| s.name.to_string()).collect::<Vec<_>>();
     let (o, n) = (names(old), names(new));
     let added: Vec<&String> = n.iter().filter(|s| !o.contains(s)).collect();

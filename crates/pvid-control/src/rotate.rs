@@ -270,6 +270,41 @@ impl Control {
         Ok(due.into_iter().map(|k| k.kid).collect())
     }
 
+    /// One pass of scheduled rotation (`rotation_period` in the spec; `pvid serve` runs it):
+    /// for every active preview, overlaps that ended are closed, new keys published at least
+    /// `publish_delay_s` ago become the signing keys, and services whose key is older than the
+    /// period get a new one published. Returns what it did, one line per step, for the log.
+    pub async fn advance_rotations(&self, now: i64, publish_delay_s: u64) -> Result<Vec<(PreviewId, String)>, LifecycleError> {
+        let mut done = Vec::new();
+        for rec in self.state.previews().await? {
+            if rec.state != PreviewState::Active || rec.config.key_custody != KeyCustody::Sidecar {
+                continue;
+            }
+            let id = rec.id.clone();
+            for kid in self.retire_due(&id, now).await? {
+                done.push((id.clone(), format!("revoked {kid}: its overlap ended")));
+            }
+            let Some(period) = rec.config.rotation_period_s else { continue };
+            let overlap = default_overlap_s(rec.config.token_ttl_s);
+            let keys = self.state.keys(&id).await?;
+            for svc in rec.config.services.iter().map(|s| &s.name) {
+                let of = |state: KeyState| keys.iter().find(|k| &k.service == svc && k.state == state);
+                if let Some(next) = of(KeyState::Next) {
+                    if next.created_at + publish_delay_s as i64 <= now {
+                        for s in self.switch_signing(&id, Some(svc), overlap, false).await? {
+                            done.push((id.clone(), format!("{} signs with {}", s.service, s.new_kid)));
+                        }
+                    }
+                } else if of(KeyState::Retiring).is_none() && of(KeyState::Active).is_some_and(|k| k.created_at + period as i64 <= now) {
+                    for n in self.begin_rotation(&id, Some(svc), false).await? {
+                        done.push((id.clone(), format!("{} published new key {}", n.service, n.kid)));
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// The preview, if it may rotate: active, sidecar custody.
     async fn rotatable(&self, id: &PreviewId) -> Result<PreviewRecord, LifecycleError> {
         let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;

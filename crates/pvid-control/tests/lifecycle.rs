@@ -151,3 +151,55 @@ async fn a_torn_down_preview_can_be_provisioned_again_with_fresh_keys() {
     }
     assert!(c.find_orphans().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn scheduled_rotation_publishes_then_switches_then_revokes_on_its_clock() {
+    let home = tempfile::tempdir().unwrap();
+    let c = control(home.path()).await;
+    let spec = "token_ttl: 10s\nrotation_period: 1h\nservices:\n  api: { calls: [worker] }\n  worker: {}\n";
+    let p = id("pr-rot");
+    c.provision(&p, &PreviewSpec::parse("rot.yaml", spec).unwrap().config()).await.unwrap();
+    let first = published(home.path(), "pr-rot");
+    let api = "api".parse().unwrap();
+    let old = first.signing_kid_of(&api).unwrap().to_owned();
+    let t0 = pvid_store::state::unix_now();
+
+    // Before the period: nothing to do.
+    assert!(c.advance_rotations(t0 + 60, 5).await.unwrap().is_empty());
+    // The period is over: a new key per service is published, and still nobody signs with it.
+    let steps = c.advance_rotations(t0 + 3600, 5).await.unwrap();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    let reg = published(home.path(), "pr-rot");
+    assert_eq!(reg.services[&api].kids.len(), 2);
+    assert_eq!(reg.signing_kid_of(&api), Some(old.as_str()));
+    assert_eq!(c.signing_key(&p, &api).await.unwrap().unwrap().kid(), old);
+    // After the publish delay: the new keys sign, the old ones are retiring for ttl + leeway.
+    let steps = c.advance_rotations(t0 + 3600 + 6, 5).await.unwrap();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    let reg = published(home.path(), "pr-rot");
+    let new = reg.signing_kid_of(&api).unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(c.signing_key(&p, &api).await.unwrap().unwrap().kid(), new);
+    let retiring = reg.retiring.iter().find(|r| r.kid == old).expect("old key retiring");
+    assert!((retiring.until - pvid_store::state::unix_now() - 70).abs() <= 2, "overlap is ttl + 60 s: {}", retiring.until);
+    // Once the overlap is over the old keys are revoked, and no rotation starts before the
+    // period has passed again for the new key.
+    // (Each service switched in its own step: their overlaps may end a second apart.)
+    let steps = c.advance_rotations(retiring.until + 5, 5).await.unwrap();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    let reg = published(home.path(), "pr-rot");
+    assert!(reg.revoked.iter().any(|r| r.kid == old && r.reason == "rotation"));
+    assert_eq!(reg.services[&api].kids, vec![new]);
+    assert!(c.advance_rotations(retiring.until + 60, 5).await.unwrap().is_empty());
+    // The orphan audit agrees, and teardown leaves nothing.
+    assert!(c.find_orphans().await.unwrap().is_empty());
+    c.teardown(&p).await.unwrap();
+    assert!(c.secrets().list().await.unwrap().is_empty());
+}
+
+#[test]
+fn a_rotation_period_shorter_than_two_overlaps_is_a_spec_error() {
+    let e = PreviewSpec::parse("rot.yaml", "token_ttl: 5m\nrotation_period: 10m\nservices:\n  api: {}\n").unwrap_err();
+    assert_eq!((e.line, e.field.as_str()), (Some(2), "rotation_period"), "{e}");
+    assert!(e.message.contains("twice the overlap"), "{e}");
+}

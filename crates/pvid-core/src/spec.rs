@@ -28,6 +28,8 @@ pub struct PreviewSpec {
     pub ttl: Option<Duration>,
     /// Where the services' private keys live and who signs (DESIGN.md "Key custody").
     pub key_custody: KeyCustody,
+    /// Rotate every service's key this often (`pvid serve` does it), if set.
+    pub rotation_period: Option<Duration>,
     /// The services, in the order written.
     pub services: Vec<ServiceSpec>,
 }
@@ -147,12 +149,28 @@ impl PreviewSpec {
             None => KeyCustody::Sidecar,
         };
         key_custody.check_algorithm(algorithm).map_err(|e| top("key_custody", e))?;
+        let rotation_period = raw.rotation_period.map(|t| parse_duration(&t).map_err(|e| top("rotation_period", e))).transpose()?;
+        if let Some(period) = rotation_period {
+            // Each rotation keeps the old key through an overlap (token lifetime + leeway); a
+            // period shorter than twice that would find the last rotation still running.
+            let overlap = token_ttl.as_secs() + crate::token::DEFAULT_LEEWAY_S;
+            if period.as_secs() < 2 * overlap {
+                return Err(top(
+                    "rotation_period",
+                    format!("{}s is shorter than twice the overlap of a rotation (token_ttl + 60 s leeway = {overlap}s)", period.as_secs()),
+                ));
+            }
+            if key_custody == KeyCustody::Transit {
+                return Err(top("rotation_period", "rotation needs `key_custody: sidecar` (transit keys do not rotate yet)".into()));
+            }
+        }
         Ok(PreviewSpec {
             preview,
             algorithm,
             token_ttl,
             ttl,
             key_custody,
+            rotation_period,
             services: services
                 .0
                 .into_iter()
@@ -269,7 +287,7 @@ impl SpecError {
             }
             _ => line.and_then(|l| key_on_line(text, l)).unwrap_or_else(|| "(document)".to_owned()),
         };
-        message = message.replace("struct RawSpec", "a mapping with preview, algorithm, token_ttl, ttl and services");
+        message = message.replace("struct RawSpec", "a mapping with preview, algorithm, token_ttl, ttl, key_custody, rotation_period and services");
         message = message.replace("struct RawService", "a mapping with address, calls and accept_preview_audience");
         if message.contains("cannot start any token")
             && line.and_then(|l| text.lines().nth(l.saturating_sub(1))).is_some_and(|l| l.contains('\t'))
@@ -332,6 +350,7 @@ struct RawSpec {
     token_ttl: Option<String>,
     ttl: Option<String>,
     key_custody: Option<String>,
+    rotation_period: Option<String>,
     services: Option<Services>,
 }
 
@@ -413,6 +432,9 @@ pub struct PreviewConfig {
     /// Key custody; absent in stored configs written before custody modes existed.
     #[serde(default, skip_serializing_if = "KeyCustody::is_sidecar")]
     pub key_custody: KeyCustody,
+    /// Scheduled rotation period, seconds (`pvid serve` rotates), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_s: Option<u64>,
     /// Services in spec order.
     pub services: Vec<ServiceConfig>,
     /// Allowed calls.
@@ -441,6 +463,7 @@ impl PreviewSpec {
             token_ttl_s: self.token_ttl.as_secs(),
             ttl_s: self.ttl.map(|d| d.as_secs()),
             key_custody: self.key_custody,
+            rotation_period_s: self.rotation_period.map(|d| d.as_secs()),
             services: self
                 .services
                 .iter()

@@ -7,7 +7,8 @@
 //!   on one PostgreSQL serialise per preview through the store's operation locks.
 //! - `GET /v1/previews/{id}/registry.json` answers with an `ETag` (the registry version) and, with
 //!   `If-None-Match` and `?wait=30s`, long-polls until the version moves ([`registry`]).
-//! - [`reaper`] tears down previews whose TTL ran out, with the same teardown as `pvid down`.
+//! - [`reaper`] tears down previews whose TTL ran out, with the same teardown as `pvid down`,
+//!   and runs scheduled rotation (`rotation_period` in the spec).
 //!
 //! Errors are one type, [`ApiError`], turned into `{code, message, request_id}` in one place.
 #![forbid(unsafe_code)]
@@ -85,6 +86,8 @@ pub struct Settings {
     pub watch_poll: Duration,
     /// This replica's name (in logs, `/v1/healthz` and reaper evidence).
     pub replica: String,
+    /// Scheduled rotation: how long a new key is published before services sign with it.
+    pub rotation_publish_delay: Duration,
 }
 
 impl Default for Settings {
@@ -94,6 +97,7 @@ impl Default for Settings {
             max_wait: Duration::from_secs(60),
             watch_poll: Duration::from_millis(100),
             replica: "pvid".into(),
+            rotation_publish_delay: Duration::from_secs(5),
         }
     }
 }

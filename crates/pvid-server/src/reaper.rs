@@ -2,6 +2,10 @@
 //! [`pvid_control::Control::reap_expired`], the same teardown as `pvid down`. Every replica runs
 //! one; the preview's operation lock and the re-check under it make exactly one of them reap a
 //! given preview (and record `preview.expired` once).
+//!
+//! The same pass advances scheduled rotations ([`pvid_control::Control::advance_rotations`]):
+//! each step runs under the preview's lock and re-reads the key states, so replicas running it
+//! at once take each step once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,5 +47,13 @@ pub async fn once(state: &AppState) {
             }
         }
         Err(e) => log_line(json!({"ts": now_rfc3339(), "event": "reaper.failed", "replica": state.settings.replica, "error": chain(&e)})),
+    }
+    match state.control.advance_rotations(now, state.settings.rotation_publish_delay.as_secs()).await {
+        Ok(steps) => {
+            for (id, step) in steps {
+                log_line(json!({"ts": now_rfc3339(), "event": "rotation.step", "preview_id": id, "step": step, "replica": state.settings.replica}));
+            }
+        }
+        Err(e) => log_line(json!({"ts": now_rfc3339(), "event": "rotation.failed", "replica": state.settings.replica, "error": chain(&e)})),
     }
 }

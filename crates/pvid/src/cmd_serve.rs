@@ -31,9 +31,14 @@ pub struct ServeArgs {
     /// keys).
     #[arg(long)]
     protect_registry: bool,
-    /// How often the TTL reaper looks for expired previews (0 turns it off on this replica).
+    /// How often the TTL reaper looks for expired previews and advances scheduled rotations
+    /// (`rotation_period` in the spec); 0 turns both off on this replica.
     #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
     reap_interval: Duration,
+    /// Scheduled rotation: how long a new key is published before services sign with it
+    /// (sidecars watching this server hear of it within a second).
+    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    rotation_publish_delay: Duration,
     /// This replica's name, in logs, /v1/healthz and reaper evidence (default: host:port).
     #[arg(long)]
     replica: Option<String>,
@@ -68,6 +73,7 @@ pub async fn run(home: &Path, a: ServeArgs) -> Result<i32, Failure> {
         protect_registry: a.protect_registry,
         watch_poll: Duration::from_millis(a.watch_poll_ms),
         replica: a.replica.clone().unwrap_or_else(|| addr.to_string()),
+        rotation_publish_delay: a.rotation_publish_delay,
         ..Settings::default()
     };
     let backend = control.state().backend().as_str();
