@@ -2,7 +2,7 @@
 //! every secret that is not the private half of its service's active key, and every Transit key
 //! that is not the signing half of its service's active key. `sweep` removes them.
 
-use pvid_core::{KeyCustody, PreviewId, PreviewState};
+use pvid_core::{CredentialMode, KeyCustody, PreviewId, PreviewState};
 use pvid_store::{KeySlot, KeyState, SecretPath, StoredKey, TransitKeyName};
 use serde::Serialize;
 use serde_json::json;
@@ -58,7 +58,7 @@ impl Control {
                     // `private-key` holds the active key, or the new key of a rotation whose
                     // switch was interrupted; `next-private-key` the new key of a rotation.
                     let fits: &[KeyState] = match path.slot {
-                        KeySlot::Current => &[KeyState::Active, KeyState::Next],
+                        KeySlot::Current | KeySlot::Shared => &[KeyState::Active, KeyState::Next],
                         KeySlot::Next => &[KeyState::Next],
                     };
                     let stored = match self.secrets.get(&path).await? {
@@ -73,7 +73,7 @@ impl Control {
                     });
                     match (owned, path.slot) {
                         (true, _) => None,
-                        (false, KeySlot::Current) => {
+                        (false, KeySlot::Current | KeySlot::Shared) => {
                             Some(format!("not the private half of an active key (kid {})", stored.unwrap_or("?".into())))
                         }
                         (false, KeySlot::Next) => {
@@ -92,6 +92,23 @@ impl Control {
                     path: Some(path.to_string()),
                     transit_key: None,
                     why,
+                });
+            }
+        }
+        // The shared credential belongs to no preview: it is an orphan once no active preview
+        // uses it.
+        let shared = SecretPath::shared();
+        if self.secrets.get(&shared).await?.is_some() {
+            let used = self.state.previews().await?.iter().any(|p| p.state == PreviewState::Active && p.config.mode == CredentialMode::Shared);
+            if !used {
+                out.push(Orphan {
+                    kind: OrphanKind::Secret,
+                    preview: shared.preview.to_string(),
+                    service: shared.service.to_string(),
+                    kid: None,
+                    path: Some(shared.to_string()),
+                    transit_key: None,
+                    why: "shared credential, and no active preview has mode: shared".into(),
                 });
             }
         }

@@ -73,6 +73,22 @@ pub enum LifecycleError {
         /// End of its overlap (RFC 3339).
         until: String,
     },
+    /// The shared credential is of another algorithm than the spec asks for.
+    #[error("the shared credential is {shared}; preview {preview} asks for {wanted} (use `algorithm: {shared}` with `mode: shared`)")]
+    SharedAlgorithm {
+        /// The preview.
+        preview: String,
+        /// The shared key's algorithm.
+        shared: String,
+        /// The spec's.
+        wanted: String,
+    },
+    /// A shared-mode preview is rotated by leaving the shared credential.
+    #[error("preview {0} uses the shared credential (mode: shared); move it to its own keys with `pvid migrate {0} --to per-service`")]
+    SharedRotation(String),
+    /// A migration was asked of a preview already on per-service keys.
+    #[error("preview {0} already has per-service keys")]
+    AlreadyPerService(String),
     /// Writing the registry files failed.
     #[error("cannot write registry file {path}")]
     Publish {

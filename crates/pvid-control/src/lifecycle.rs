@@ -1,7 +1,7 @@
 //! Provision and teardown (see the crate docs for the order of operations).
 
 use pvid_core::key::random_suffix;
-use pvid_core::{Algorithm, Jwk, KeyCustody, PreviewConfig, PreviewId, PreviewState, ServiceName, SigningKey};
+use pvid_core::{Algorithm, CredentialMode, Jwk, KeyCustody, PreviewConfig, PreviewId, PreviewState, ServiceName, SigningKey};
 use pvid_store::state::unix_now;
 use pvid_store::{
     KeyRecord, KeyState, SecretMeta, SecretPath, SecretStore, StateStore, StoreError, StoredKey, TransitKeyName, TransitKeys,
@@ -240,8 +240,11 @@ impl Control {
             // 10-character suffix (~51 bits) keeps thousands of previews of the same services
             // clear of collisions (3 characters collided within a few hundred).
             let kid = format!("{}-{n}-{}", svc.name, random_suffix(10));
-            let key = SigningKey::generate(config.algorithm, kid.clone())
-                .map_err(|e| LifecycleError::KeyGen { service: svc.name.to_string(), reason: e.to_string() })?;
+            let key = match config.mode {
+                CredentialMode::PerService => SigningKey::generate(config.algorithm, kid.clone())
+                    .map_err(|e| LifecycleError::KeyGen { service: svc.name.to_string(), reason: e.to_string() })?,
+                CredentialMode::Shared => self.shared_key(id, config.algorithm, kid.clone()).await?,
+            };
             fresh.push((svc.name.clone(), path, key));
         }
         // All services at once, in the documented order: every pending row (one commit), every
@@ -280,6 +283,28 @@ impl Control {
         self.state.activate_keys(id, &kids).await?;
         self.failpoint("after_key_activate").await;
         Ok(())
+    }
+
+    /// The shared credential of `mode: shared` (at `shared/private-key`, created on first use)
+    /// under the service's own `kid`: the registry still names a service per kid, but every kid
+    /// of every shared-mode preview is the same key pair.
+    async fn shared_key(&self, id: &PreviewId, alg: Algorithm, kid: String) -> Result<SigningKey, LifecycleError> {
+        let path = SecretPath::shared();
+        let stored = match self.secrets.get(&path).await? {
+            Some(bytes) => StoredKey::from_bytes(&path, &bytes)?,
+            None => {
+                let key = SigningKey::generate(alg, format!("shared-{}", random_suffix(10)))
+                    .map_err(|e| LifecycleError::KeyGen { service: "(shared)".into(), reason: e.to_string() })?;
+                let stored = StoredKey::from_signing_key(&key);
+                self.secrets.put_key(&path, &stored.to_bytes(), &SecretMeta { kid: key.kid(), created_at: unix_now() }).await?;
+                self.state.append_evidence(id, "shared_key.created", json!({"path": path.to_string(), "alg": alg, "kid": key.kid()})).await?;
+                stored
+            }
+        };
+        if stored.alg != alg {
+            return Err(LifecycleError::SharedAlgorithm { preview: id.to_string(), shared: stored.alg.to_string(), wanted: alg.to_string() });
+        }
+        Ok(StoredKey { kid, alg: stored.alg, pkcs8: stored.pkcs8 }.to_signing_key(&path)?)
     }
 
     /// Makes sure every service of `config` has exactly one active key whose private half is a
@@ -614,6 +639,9 @@ fn describe_changes(old: &PreviewConfig, new: &PreviewConfig) -> String {
     }
     if old.ttl_s != new.ttl_s {
         out.push("ttl changed".to_owned());
+    }
+    if old.mode != new.mode {
+        out.push(format!("mode {} -> {}", old.mode, new.mode));
     }
     if old.rotation_period_s != new.rotation_period_s {
         out.push("rotation_period changed".to_owned());

@@ -73,6 +73,7 @@ pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
         jwks,
         revoked,
         retiring,
+        shared_credentials: rec.config.mode == pvid_core::CredentialMode::Shared,
     }
 }
 

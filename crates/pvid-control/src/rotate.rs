@@ -16,7 +16,7 @@
 use pvid_core::explain::rfc3339;
 use pvid_core::key::random_suffix;
 use pvid_core::token::DEFAULT_LEEWAY_S;
-use pvid_core::{KeyCustody, PreviewId, PreviewState, ServiceName, SigningKey};
+use pvid_core::{CredentialMode, KeyCustody, PreviewId, PreviewState, ServiceName, SigningKey};
 use pvid_store::state::unix_now;
 use pvid_store::{KeyRecord, KeyState, PreviewRecord, SecretMeta, SecretPath, StoredKey};
 use serde::Serialize;
@@ -270,6 +270,36 @@ impl Control {
         Ok(due.into_iter().map(|k| k.kid).collect())
     }
 
+    /// Moves a shared-mode preview to per-service keys, step one: the stored mode becomes
+    /// `per-service` (so the rotation that follows issues fresh keys of its own) and, in the same
+    /// locked run, every service's new key is published as [`Control::begin_rotation`] does.
+    /// Then [`Control::switch_signing`] finishes it, calls flowing throughout. Re-running it on
+    /// a preview already moved resumes the rotation.
+    pub async fn begin_migration(&self, id: &PreviewId) -> Result<Vec<NextKey>, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = async {
+            let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
+            if rec.state != PreviewState::Active {
+                return Err(LifecycleError::NotActive { preview: id.to_string(), state: rec.state.to_string() });
+            }
+            let keys = self.state.keys(id).await?;
+            let resuming = keys.iter().any(|k| k.state == KeyState::Next);
+            if rec.config.mode == CredentialMode::PerService && !resuming {
+                return Err(LifecycleError::AlreadyPerService(id.to_string()));
+            }
+            if rec.config.mode == CredentialMode::Shared {
+                let mut config = rec.config.clone();
+                config.mode = CredentialMode::PerService;
+                self.state.set_config(id, &config).await?;
+                self.state.append_evidence(id, "preview.migrated", json!({"from": "shared", "to": "per-service", "actor": self.actor})).await?;
+            }
+            self.begin_rotation_locked(id, None, false).await
+        }
+        .await;
+        lock.release().await;
+        result
+    }
+
     /// One pass of scheduled rotation (`rotation_period` in the spec; `pvid serve` runs it):
     /// for every active preview, overlaps that ended are closed, new keys published at least
     /// `publish_delay_s` ago become the signing keys, and services whose key is older than the
@@ -313,6 +343,9 @@ impl Control {
         }
         if rec.config.key_custody == KeyCustody::Transit {
             return Err(LifecycleError::TransitRotation(id.to_string()));
+        }
+        if rec.config.mode == CredentialMode::Shared {
+            return Err(LifecycleError::SharedRotation(id.to_string()));
         }
         Ok(rec)
     }

@@ -45,6 +45,7 @@ fn registry(key: &SigningKey) -> Registry {
         jwks: Jwks { keys: vec![key.public_jwk()] },
         revoked: vec![],
         retiring: vec![],
+        shared_credentials: false,
     }
 }
 

@@ -33,5 +33,5 @@ pub use key::{Algorithm, Jwk, Jwks, SigningKey, VerifyingKey};
 pub use policy::{CallRule, CallSpec, Policy, normalize_path};
 pub use reason::ReasonCode;
 pub use registry::{PreviewState, Registry, RetiringKey, RevokedKey, ServiceEntry};
-pub use spec::{KeyCustody, PreviewConfig, PreviewSpec, ServiceConfig, ServiceSpec, SpecError};
+pub use spec::{CredentialMode, KeyCustody, PreviewConfig, PreviewSpec, ServiceConfig, ServiceSpec, SpecError};
 pub use token::{MintRequest, Rejection, TokenInfo, UnsignedToken, Verified, Verifier, extract_bearer, mint, sign_compact};

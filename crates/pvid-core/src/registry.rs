@@ -138,6 +138,11 @@ pub struct Registry {
     /// Live keys replaced by a rotation, each accepted until the end of its overlap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring: Vec<RetiringKey>,
+    /// Every service signs with the same key material (`mode: shared`): the kid still names a
+    /// service, but whoever holds one service's key can sign as any other. Doctors and
+    /// explanations say so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_credentials: bool,
 }
 
 impl Registry {

@@ -30,6 +30,9 @@ pub struct PreviewSpec {
     pub key_custody: KeyCustody,
     /// Rotate every service's key this often (`pvid serve` does it), if set.
     pub rotation_period: Option<Duration>,
+    /// Per-service keys (the default), or one key shared by every service of every shared-mode
+    /// preview (pattern 1: a starting point, loudly warned about).
+    pub mode: CredentialMode,
     /// The services, in the order written.
     pub services: Vec<ServiceSpec>,
 }
@@ -164,6 +167,16 @@ impl PreviewSpec {
                 return Err(top("rotation_period", "rotation needs `key_custody: sidecar` (transit keys do not rotate yet)".into()));
             }
         }
+        let mode = match raw.mode {
+            Some(m) => m.parse::<CredentialMode>().map_err(|e| top("mode", e))?,
+            None => CredentialMode::PerService,
+        };
+        if mode == CredentialMode::Shared && key_custody == KeyCustody::Transit {
+            return Err(top("mode", "a shared credential is one exportable key: it needs `key_custody: sidecar`".into()));
+        }
+        if mode == CredentialMode::Shared && rotation_period.is_some() {
+            return Err(top("mode", "a shared credential is rotated by moving off it (pvid migrate), not by rotation_period".into()));
+        }
         Ok(PreviewSpec {
             preview,
             algorithm,
@@ -171,6 +184,7 @@ impl PreviewSpec {
             ttl,
             key_custody,
             rotation_period,
+            mode,
             services: services
                 .0
                 .into_iter()
@@ -255,6 +269,50 @@ impl fmt::Display for KeyCustody {
     }
 }
 
+/// How a preview's services get their keys (DESIGN.md, the four patterns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialMode {
+    /// A fresh key pair per service per preview (pattern 2, the default).
+    #[default]
+    PerService,
+    /// One key pair for every service of every shared-mode preview (pattern 1). Whoever holds it
+    /// can sign as any service of any such preview: a permission-boundary test proves nothing.
+    Shared,
+}
+
+impl CredentialMode {
+    /// The spec spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialMode::PerService => "per-service",
+            CredentialMode::Shared => "shared",
+        }
+    }
+
+    /// Whether this is the default mode (serde skips it, so older stored configs compare equal).
+    pub fn is_per_service(&self) -> bool {
+        *self == CredentialMode::PerService
+    }
+}
+
+impl std::str::FromStr for CredentialMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-service" => Ok(CredentialMode::PerService),
+            "shared" => Ok(CredentialMode::Shared),
+            _ => Err(format!("unknown mode `{}` (use per-service or shared)", s.escape_debug())),
+        }
+    }
+}
+
+impl fmt::Display for CredentialMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A spec error with its place.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{file}{}: {field}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -287,7 +345,7 @@ impl SpecError {
             }
             _ => line.and_then(|l| key_on_line(text, l)).unwrap_or_else(|| "(document)".to_owned()),
         };
-        message = message.replace("struct RawSpec", "a mapping with preview, algorithm, token_ttl, ttl, key_custody, rotation_period and services");
+        message = message.replace("struct RawSpec", "a mapping with preview, algorithm, token_ttl, ttl, key_custody, rotation_period, mode and services");
         message = message.replace("struct RawService", "a mapping with address, calls and accept_preview_audience");
         if message.contains("cannot start any token")
             && line.and_then(|l| text.lines().nth(l.saturating_sub(1))).is_some_and(|l| l.contains('\t'))
@@ -351,6 +409,7 @@ struct RawSpec {
     ttl: Option<String>,
     key_custody: Option<String>,
     rotation_period: Option<String>,
+    mode: Option<String>,
     services: Option<Services>,
 }
 
@@ -435,6 +494,9 @@ pub struct PreviewConfig {
     /// Scheduled rotation period, seconds (`pvid serve` rotates), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period_s: Option<u64>,
+    /// Per-service or shared keys; absent in configs written before the mode existed.
+    #[serde(default, skip_serializing_if = "CredentialMode::is_per_service")]
+    pub mode: CredentialMode,
     /// Services in spec order.
     pub services: Vec<ServiceConfig>,
     /// Allowed calls.
@@ -464,6 +526,7 @@ impl PreviewSpec {
             ttl_s: self.ttl.map(|d| d.as_secs()),
             key_custody: self.key_custody,
             rotation_period_s: self.rotation_period.map(|d| d.as_secs()),
+            mode: self.mode,
             services: self
                 .services
                 .iter()

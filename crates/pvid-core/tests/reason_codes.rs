@@ -50,6 +50,7 @@ fn fixture() -> Fixture {
         jwks: Jwks { keys: vec![api.public_jwk(), worker.public_jwk(), legacy.public_jwk()] },
         revoked: vec![RevokedKey { kid: "api-1-old".into(), service: svc("api"), revoked_at: 1_796_290_000, reason: "rotation".into() }],
         retiring: vec![],
+        shared_credentials: false,
     };
     Fixture { reg, api, worker, legacy, old_api }
 }

@@ -28,16 +28,19 @@ pub enum KeySlot {
     Current,
     /// `next-private-key`: the new key of a rotation, published but not yet used to sign.
     Next,
+    /// `shared/private-key`: the one key of every `mode: shared` preview, outside any preview
+    /// (see [`SecretPath::shared`]).
+    Shared,
 }
 
 impl KeySlot {
-    /// Both slots, current first.
+    /// The slots of a service, current first.
     pub const ALL: [KeySlot; 2] = [KeySlot::Current, KeySlot::Next];
 
     /// The last path segment.
     pub fn leaf(self) -> &'static str {
         match self {
-            KeySlot::Current => "private-key",
+            KeySlot::Current | KeySlot::Shared => "private-key",
             KeySlot::Next => "next-private-key",
         }
     }
@@ -65,8 +68,21 @@ impl SecretPath {
         SecretPath { slot: KeySlot::Next, ..SecretPath::private_key(preview, service) }
     }
 
-    /// Parses `preview/<id>/<svc>/private-key` (or `next-private-key`).
+    /// `shared/private-key`: the key every service of every `mode: shared` preview signs with.
+    /// It belongs to no preview (its `preview` and `service` are placeholders), so no teardown
+    /// deletes it; the orphan audit reports it once no shared-mode preview is active.
+    pub fn shared() -> SecretPath {
+        // Both are DNS labels, so the parses cannot fail.
+        let preview = "shared".parse().unwrap_or_else(|_| unreachable!());
+        let service = "all".parse().unwrap_or_else(|_| unreachable!());
+        SecretPath { preview, service, slot: KeySlot::Shared }
+    }
+
+    /// Parses `preview/<id>/<svc>/private-key` (or `next-private-key`), or `shared/private-key`.
     pub fn parse(s: &str) -> Result<SecretPath, StoreError> {
+        if s == "shared/private-key" {
+            return Ok(SecretPath::shared());
+        }
         let bad = || StoreError::BadPath(s.to_owned());
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
@@ -82,7 +98,10 @@ impl SecretPath {
 
 impl fmt::Display for SecretPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "preview/{}/{}/{}", self.preview, self.service, self.slot.leaf())
+        match self.slot {
+            KeySlot::Shared => f.write_str("shared/private-key"),
+            _ => write!(f, "preview/{}/{}/{}", self.preview, self.service, self.slot.leaf()),
+        }
     }
 }
 
@@ -269,6 +288,9 @@ impl LocalSecretStore {
     }
 
     fn file(&self, path: &SecretPath) -> PathBuf {
+        if path.slot == KeySlot::Shared {
+            return self.root.join("shared").join("private-key.sealed");
+        }
         self.root.join("preview").join(path.preview.as_str()).join(path.service.as_str()).join(format!("{}.sealed", path.slot.leaf()))
     }
 
@@ -358,6 +380,10 @@ impl SecretStore for LocalSecretStore {
         }
         let _ = fs::remove_file(file.with_extension("tmp"));
         // Remove the service and preview folders once empty (errors mean "not empty").
+        if path.slot == KeySlot::Shared {
+            let _ = fs::remove_dir(self.root.join("shared"));
+            return Ok(());
+        }
         if let Some(svc_dir) = file.parent() {
             let _ = fs::remove_dir(svc_dir);
             if let Some(preview_dir) = svc_dir.parent() {

@@ -400,6 +400,23 @@ impl StateStore {
         Ok(version as u64)
     }
 
+    /// Replaces a preview's stored config (a migration between credential modes) and bumps its
+    /// version.
+    pub async fn set_config(&self, id: &PreviewId, config: &PreviewConfig) -> Result<u64, StoreError> {
+        let cfg = serde_json::to_string(config).map_err(|e| corrupt("config")(e.to_string()))?;
+        let version: i64 = sqlx::query_scalar(
+            "UPDATE previews SET config = $2, version = version + 1, updated_at = $3 WHERE id = $1 RETURNING version",
+        )
+        .bind(id.as_str())
+        .bind(cfg)
+        .bind(unix_now())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("update preview config"))?;
+        self.announce();
+        Ok(version as u64)
+    }
+
     /// Sets a preview's state and bumps its version. Returns the new version.
     pub async fn set_state(&self, id: &PreviewId, state: PreviewState) -> Result<u64, StoreError> {
         let version: i64 = sqlx::query_scalar(

@@ -76,6 +76,14 @@ pub async fn run(home: &Path, a: DoctorArgs) -> Result<i32, Failure> {
             fix: format!("provision it again (pvid up) or stop its services"),
         });
     }
+    if reg.shared_credentials {
+        findings.push(Finding {
+            check: "shared_credentials",
+            service: "-".into(),
+            problem: crate::cmd_lifecycle::shared_mode_warning(&reg.preview),
+            fix: format!("pvid migrate {} --to per-service, then set `mode: per-service` in the spec", reg.preview),
+        });
+    }
     let envs = collect_envs(&a)?;
     for (service, env) in &envs {
         checks += 1;

@@ -131,6 +131,16 @@ fn read_spec_text(file: &Path) -> Result<(PreviewSpec, String), Failure> {
     Ok((spec, text))
 }
 
+/// What `pvid up` and `pvid doctor` say about `mode: shared` (DESIGN.md, pattern 1).
+pub fn shared_mode_warning(id: &PreviewId) -> String {
+    format!(
+        "mode: shared: every service of every shared-mode preview signs with ONE key pair. A compromise of \
+         one preview (a leaked key file, one breached service) compromises all of them, and permission-boundary \
+         tests (pvid matrix) are meaningless: any holder of the key can claim to be any service. Use it only to \
+         start; move to per-service keys without downtime with `pvid migrate {id} --to per-service`"
+    )
+}
+
 pub async fn up(home: &Path, srv: &ServerArgs, a: UpArgs) -> Result<i32, Failure> {
     let (mut spec, text) = read_spec_text(&a.file)?;
     if let Some(custody) = a.key_custody {
@@ -143,6 +153,10 @@ pub async fn up(home: &Path, srv: &ServerArgs, a: UpArgs) -> Result<i32, Failure
     let id = a.preview.or(spec.preview.clone()).ok_or_else(|| {
         invalid(anyhow!("{}: no preview id: set `preview:` in the spec or pass --preview", a.file.display()))
     })?;
+    let warnings: Vec<String> = (spec.mode == pvid_core::CredentialMode::Shared).then(|| shared_mode_warning(&id)).into_iter().collect();
+    for w in &warnings {
+        eprintln!("pvid up: WARNING: {w}");
+    }
     let _lock = local_lock(home, srv, true)?;
     let backend = Backend::open_or_create(home, srv).await?;
     let started = Instant::now();
@@ -168,7 +182,7 @@ pub async fn up(home: &Path, srv: &ServerArgs, a: UpArgs) -> Result<i32, Failure
             "{}",
             json!({"preview": id, "outcome": what, "state": reg.state, "version": reg.version, "services": services,
                    "key_custody": spec.key_custody, "secrets": backend.secrets_kind(),
-                   "registry": location, "elapsed_ms": elapsed_ms})
+                   "mode": spec.mode, "warnings": warnings, "registry": location, "elapsed_ms": elapsed_ms})
         );
     } else {
         let verb = match outcome {

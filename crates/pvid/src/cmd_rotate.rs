@@ -31,6 +31,32 @@ pub struct RotateArgs {
     /// Calls that still carry them fail with `key_revoked` until their callers mint again.
     #[arg(long)]
     pub emergency: bool,
+    #[command(flatten)]
+    pub switch: SwitchArgs,
+}
+
+/// Move a `mode: shared` preview to per-service keys without downtime (a rotation underneath).
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The preview.
+    pub id: PreviewId,
+    /// The credential mode to move to.
+    #[arg(long, value_enum)]
+    pub to: MigrateTo,
+    #[command(flatten)]
+    pub switch: SwitchArgs,
+}
+
+/// Where `pvid migrate` goes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum MigrateTo {
+    /// A fresh key pair per service (pattern 2).
+    PerService,
+}
+
+/// When signing switches to the new keys, and how long the old ones stay accepted.
+#[derive(Args, Debug)]
+pub struct SwitchArgs {
     /// Sidecar admin URLs (comma-separated, `http://127.0.0.1:9901`): signing switches once each
     /// reports, on its `/healthz`, the registry version that holds the new key.
     #[arg(long, value_delimiter = ',', value_name = "URL")]
@@ -56,24 +82,46 @@ pub struct RotateArgs {
     pub json: bool,
 }
 
+/// What step 1 of a run does.
+#[derive(Clone, Copy)]
+enum Begin<'a> {
+    Rotate { service: Option<&'a ServiceName>, emergency: bool },
+    Migrate,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     pvid_core::duration::parse_duration(s)
 }
 
 pub async fn rotate(home: &Path, srv: &ServerArgs, a: RotateArgs) -> Result<i32, Failure> {
+    run(home, srv, &a.id, Begin::Rotate { service: a.service.as_ref(), emergency: a.emergency }, &a.switch).await
+}
+
+pub async fn migrate(home: &Path, srv: &ServerArgs, a: MigrateArgs) -> Result<i32, Failure> {
+    let MigrateTo::PerService = a.to;
+    run(home, srv, &a.id, Begin::Migrate, &a.switch).await
+}
+
+async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a: &SwitchArgs) -> Result<i32, Failure> {
     if srv.is_remote() {
         return Err(invalid(anyhow!(
-            "pvid rotate works on the state store (PVID_HOME or PVID_DATABASE_URL), not through --server; \
-             for previews run by pvid serve, set rotation_period in the spec"
+            "pvid rotate and pvid migrate work on the state store (PVID_HOME or PVID_DATABASE_URL), not through \
+             --server; for previews run by pvid serve, set rotation_period in the spec"
         )));
     }
-    let service = a.service.as_ref();
+    let (service, emergency) = match begin {
+        Begin::Rotate { service, emergency } => (service, emergency),
+        Begin::Migrate => (None, false),
+    };
     // Step 1, under the home lock: publish the new keys.
     let (published, version, overlap_s) = {
         let _lock = context::lock(home, false)?;
         let control = context::open(home).await?;
-        let published = control.begin_rotation(&a.id, service, a.emergency).await?;
-        let reg = control.registry(&a.id).await?;
+        let published = match begin {
+            Begin::Rotate { .. } => control.begin_rotation(id, service, emergency).await?,
+            Begin::Migrate => control.begin_migration(id).await?,
+        };
+        let reg = control.registry(id).await?;
         control.state().close().await;
         let overlap_s = a.overlap.map_or_else(|| pvid_control::default_overlap_s(reg.token_ttl_s), |d| d.as_secs());
         (published, reg.version, overlap_s)
@@ -83,7 +131,7 @@ pub async fn rotate(home: &Path, srv: &ServerArgs, a: RotateArgs) -> Result<i32,
         eprintln!("pvid rotate: {} new key {} {how} in registry version {version}", p.service, p.kid);
     }
     // Step 2: wait until verifiers hold the new key, unless it is an emergency.
-    let acknowledged = if a.emergency {
+    let acknowledged = if emergency {
         false
     } else if a.ack.is_empty() {
         eprintln!("pvid rotate: waiting {:?} (--publish-delay) for verifiers to load version {version}", a.publish_delay);
@@ -97,20 +145,20 @@ pub async fn rotate(home: &Path, srv: &ServerArgs, a: RotateArgs) -> Result<i32,
     let switched = {
         let _lock = context::lock(home, false)?;
         let control = context::open(home).await?;
-        let switched = control.switch_signing(&a.id, service, overlap_s, a.emergency).await?;
+        let switched = control.switch_signing(id, service, overlap_s, emergency).await?;
         control.state().close().await;
         switched
     };
-    crate::cmd_token::forget_cached_tokens(home, &a.id);
+    crate::cmd_token::forget_cached_tokens(home, id);
     let mut retired = Vec::new();
-    if a.wait && !a.emergency {
+    if a.wait && !emergency {
         if let Some(until) = switched.iter().map(|s| s.old_key_until).max() {
             let left = (until - unix_now()).max(0) as u64;
             eprintln!("pvid rotate: waiting {left} s for the overlap to end ({})", rfc3339(until));
             tokio::time::sleep(Duration::from_secs(left)).await;
             let _lock = context::lock(home, false)?;
             let control = context::open(home).await?;
-            retired = control.retire_due(&a.id, unix_now()).await?;
+            retired = control.retire_due(id, unix_now()).await?;
             control.state().close().await;
         }
     }
@@ -123,21 +171,25 @@ pub async fn rotate(home: &Path, srv: &ServerArgs, a: RotateArgs) -> Result<i32,
             .collect();
         outln!(
             "{}",
-            json!({"preview": a.id, "emergency": a.emergency, "published_version": version,
-                   "switch_after": if a.emergency { "now" } else if acknowledged { "acknowledged" } else { "publish_delay" },
-                   "overlap_s": if a.emergency { 0 } else { overlap_s }, "services": services, "retired": retired})
+            json!({"preview": id, "migrated": matches!(begin, Begin::Migrate), "emergency": emergency, "published_version": version,
+                   "switch_after": if emergency { "now" } else if acknowledged { "acknowledged" } else { "publish_delay" },
+                   "overlap_s": if emergency { 0 } else { overlap_s }, "services": services, "retired": retired})
         );
         return Ok(0);
     }
     if switched.is_empty() {
-        outln!("preview {}: nothing to switch (no published new key; another run finished it)", a.id);
+        outln!("preview {}: nothing to switch (no published new key; another run finished it)", id);
         return Ok(0);
     }
     let n = switched.len();
-    outln!("preview {}: rotated {n} service{}{}", a.id, if n == 1 { "" } else { "s" }, if a.emergency { " (emergency)" } else { "" });
+    let plural = if n == 1 { "" } else { "s" };
+    match begin {
+        Begin::Migrate => outln!("preview {id}: moved {n} service{plural} to per-service keys"),
+        Begin::Rotate { .. } => outln!("preview {id}: rotated {n} service{plural}{}", if emergency { " (emergency)" } else { "" }),
+    }
     for s in &switched {
         let old = s.old_kid.as_deref().unwrap_or("none");
-        if a.emergency {
+        if emergency {
             outln!("  {:<12} signs with {}; {old} refused from now on (key_revoked)", s.service, s.new_kid);
         } else if retired.contains(&old.to_owned()) {
             outln!("  {:<12} signs with {}; {old} revoked after its overlap", s.service, s.new_kid);
@@ -149,6 +201,9 @@ pub async fn rotate(home: &Path, srv: &ServerArgs, a: RotateArgs) -> Result<i32,
                 rfc3339(s.old_key_until)
             );
         }
+    }
+    if matches!(begin, Begin::Migrate) {
+        outln!("next: set `mode: per-service` in the spec (pvid up compares it with the stored one)");
     }
     Ok(0)
 }

@@ -111,6 +111,10 @@ enum Command {
     /// overlap (token lifetime + leeway), then refuse them with key_revoked. --emergency switches
     /// at once and refuses the old key now. Re-run an interrupted rotation to finish it.
     Rotate(cmd_rotate::RotateArgs),
+    /// Move a `mode: shared` preview to per-service keys without downtime: the mode changes and
+    /// every service rotates onto a fresh key of its own (same steps and flags as `pvid rotate`).
+    /// Afterwards set `mode: per-service` (or remove `mode`) in the spec.
+    Migrate(cmd_rotate::MigrateArgs),
     /// Recommend a pattern (shared, per-service, mesh, sidecar) for a size and substrate, and
     /// the next commands.
     Recommend(cmd_recommend::RecommendArgs),
@@ -176,6 +180,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Render(a) => cmd_render::run(&home, a).await,
         Command::Matrix(a) => cmd_matrix::run(&home, a).await,
         Command::Rotate(a) => cmd_rotate::rotate(&home, &cli.server, a).await,
+        Command::Migrate(a) => cmd_rotate::migrate(&home, &cli.server, a).await,
         Command::Recommend(a) => cmd_recommend::run(a),
         Command::Demo(a) => demo::run(a).await,
         Command::Serve(a) => cmd_serve::run(&home, a).await,

@@ -82,6 +82,7 @@ mod registry_http {
             jwks,
             revoked: vec![],
             retiring: vec![],
+            shared_credentials: false,
         };
         serde_json::to_vec(&reg).unwrap()
     }

@@ -69,6 +69,7 @@ fn pr1_registry() -> Registry {
         jwks,
         revoked: vec![],
         retiring: vec![],
+        shared_credentials: false,
     }
 }
 

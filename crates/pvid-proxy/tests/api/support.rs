@@ -198,6 +198,7 @@ pub fn registry(keys: &Keys) -> Registry {
         jwks: Jwks { keys: vec![keys.api.public_jwk(), keys.worker.public_jwk(), keys.payments.public_jwk()] },
         revoked: vec![],
         retiring: vec![],
+        shared_credentials: false,
     }
 }
 
