@@ -37,13 +37,21 @@ fn now() -> f64 {
 }
 
 fn up(home: &Path, api: SocketAddr, worker: SocketAddr) {
+    up_with(home, "pr-7", "", api, worker);
+}
+
+/// Provisions preview `id` (api may call worker) with `extra` spec lines; returns `up --json`.
+fn up_with(home: &Path, id: &str, extra: &str, api: SocketAddr, worker: SocketAddr) -> Value {
     let spec = format!(
-        "preview: pr-7\ntoken_ttl: 30s\nservices:\n  api:    {{ address: \"{api}\", calls: [worker] }}\n  worker: {{ address: \"{worker}\" }}\n"
+        "preview: {id}\ntoken_ttl: 30s\n{extra}services:\n  api:    {{ address: \"{api}\", calls: [worker] }}\n  worker: {{ address: \"{worker}\" }}\n"
     );
-    let file = home.join("preview.yaml");
+    let file = home.join(format!("{id}.yaml"));
     std::fs::write(&file, spec).unwrap();
-    let out = pvid(home, &["up", "-f", file.to_str().unwrap()]);
+    let out = pvid(home, &["up", "-f", file.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut doc = json(&out);
+    doc["stderr"] = stderr(&out).into();
+    doc
 }
 
 fn sidecar(home: &Path, service: &str, listen: SocketAddr, admin: SocketAddr, egress: Option<SocketAddr>) -> Sidecar {
@@ -70,10 +78,15 @@ fn sidecar(home: &Path, service: &str, listen: SocketAddr, admin: SocketAddr, eg
 
 impl Live {
     fn start() -> Live {
+        Live::start_with("")
+    }
+
+    /// Preview pr-7 with `extra` spec lines, its sidecars running.
+    fn start_with(extra: &str) -> Live {
         let home = tempfile::tempdir().unwrap();
         let (api, worker, egress) = (free_port(), free_port(), free_port());
         let (api_admin, worker_admin) = (free_port(), free_port());
-        up(home.path(), api, worker);
+        up_with(home.path(), "pr-7", extra, api, worker);
         let sidecars = vec![
             sidecar(home.path(), "worker", worker, worker_admin, None),
             sidecar(home.path(), "api", api, api_admin, Some(egress)),
@@ -314,6 +327,84 @@ fn rotations_that_cannot_run_are_input_errors_and_change_nothing() {
     let out = pvid(home.path(), &["rotate", "pr-7"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("only an active preview"), "{}", stderr(&out));
+}
+
+/// The `x` coordinate of every public key a preview publishes.
+fn public_xs(home: &Path, id: &str) -> Vec<String> {
+    let jwks: Value = serde_json::from_str(&stdout(&pvid(home, &["jwks", id]))).unwrap();
+    jwks["keys"].as_array().unwrap().iter().map(|k| k["x"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn shared_mode_warns_works_and_a_migration_keeps_calls_flowing() {
+    let live = Live::start_with("mode: shared\n");
+    // A second shared-mode preview: the same key pair again.
+    let other = up_with(live.path(), "pr-8", "mode: shared\n", free_port(), free_port());
+    assert!(other["stderr"].as_str().unwrap().contains("WARNING: mode: shared"), "{}", other["stderr"]);
+    assert!(other["warnings"][0].as_str().unwrap().contains("permission-boundary tests (pvid matrix) are meaningless"));
+    let shared: Vec<String> = [public_xs(live.path(), "pr-7"), public_xs(live.path(), "pr-8")].concat();
+    assert_eq!(shared.len(), 4);
+    assert!(shared.iter().all(|x| *x == shared[0]), "every service of every shared preview has one key: {shared:?}");
+    // It works: calls go through, and doctor says why it is weak.
+    assert_eq!(get(live.egress, "/worker/ping", None).0, 200);
+    let doctor = pvid(live.path(), &["doctor", "--preview", "pr-7", "--json"]);
+    assert_eq!(doctor.status.code(), Some(1));
+    let findings = json(&doctor)["findings"].clone();
+    assert!(findings.as_array().unwrap().iter().any(|f| f["check"] == "shared_credentials"
+        && f["fix"].as_str().unwrap().contains("pvid migrate pr-7 --to per-service")), "{findings}");
+    // Rotating a shared credential is refused: it would change every shared preview.
+    let refused = pvid(live.path(), &["rotate", "pr-7"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("pvid migrate pr-7 --to per-service"), "{}", stderr(&refused));
+
+    // The migration, under load through the egress sidecar.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let (stop, calls, egress) = (stop.clone(), calls.clone(), live.egress);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let (status, body) = get(egress, "/worker/ping", None);
+                calls.lock().unwrap().push((status, reason(&body)));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = pvid(live.path(), &["migrate", "pr-7", "--to", "per-service", "--ack", &live.admins.join(","), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let migrated = json(&out);
+    assert_eq!((migrated["migrated"].clone(), migrated["services"].as_array().unwrap().len()), (true.into(), 2));
+    let new_kid = migrated["services"].as_array().unwrap().iter().find(|s| s["service"] == "api").unwrap()["new_kid"].clone();
+    for _ in 0..200 {
+        if live.healthz(0)["signing_kid"] == new_kid {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let calls = calls.lock().unwrap();
+    let failed: Vec<_> = calls.iter().filter(|c| c.0 != 200).collect();
+    assert!(failed.is_empty() && calls.len() > 10, "{} of {} calls failed during the migration: {:?}", failed.len(), calls.len(), failed.first());
+    assert_eq!(live.healthz(0)["signing_kid"], new_kid);
+
+    // pr-7 now has keys of its own; pr-8 keeps the shared one, and so does the old kid of pr-7
+    // until its overlap ends.
+    let xs = public_xs(live.path(), "pr-7");
+    assert_eq!(xs.iter().filter(|x| **x == shared[0]).count(), 2, "old (retiring) keys: {xs:?}");
+    assert_eq!(xs.iter().filter(|x| **x != shared[0]).count(), 2, "new keys: {xs:?}");
+    let doctor = pvid(live.path(), &["doctor", "--preview", "pr-7", "--json"]);
+    assert_eq!(doctor.status.code(), Some(0), "{}", stdout(&doctor));
+    // The shared key outlives pr-7's move and is an orphan only once no shared preview is left.
+    assert_eq!(pvid(live.path(), &["audit", "orphans"]).status.code(), Some(0));
+    assert_eq!(pvid(live.path(), &["down", "pr-8"]).status.code(), Some(0));
+    let orphans = pvid(live.path(), &["audit", "orphans", "--json"]);
+    assert_eq!(orphans.status.code(), Some(1));
+    assert!(stdout(&orphans).contains("shared/private-key"), "{}", stdout(&orphans));
+    assert_eq!(pvid(live.path(), &["audit", "orphans", "--sweep"]).status.code(), Some(0));
+    assert!(!live.path().join("secrets/shared/private-key.sealed").exists());
+    assert_eq!(json(&pvid(live.path(), &["audit", "verify", "--json"]))["result"], "ok");
 }
 
 fn walk(dir: &Path) -> Vec<String> {
