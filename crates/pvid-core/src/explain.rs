@@ -134,7 +134,7 @@ pub fn explain(reg: Option<&Registry>, service: &ServiceName, o: &Observation) -
             e(
                 "stale_key",
                 format!("{caller} signed with stale key {}{when}", o.kid.as_deref().unwrap_or("?")),
-                format!("restart {caller}'s sidecar or reload its key so it signs with its current key"),
+                format!("restart {caller}'s sidecar or give it its current key (a sidecar that reads the secret store reloads by itself when a rotation switches the key; its log says key.reload_failed when it cannot)"),
             )
         }
         ReasonCode::UnknownKid => e(

@@ -232,8 +232,8 @@ async fn check_sidecar(client: &http_util::HttpClient, reg: &Registry, url: &str
         add(
             "stale_signing_key",
             service.clone(),
-            format!("the sidecar signs egress tokens with {}, which the registry no longer publishes (every call it makes is refused: key_revoked)", h["signing_kid"]),
-            "restart the sidecar: it reads its private key once at start".into(),
+            format!("the sidecar at {base} signs egress tokens with {}, which the registry no longer publishes (every call it makes is refused: key_revoked)", h["signing_kid"]),
+            "restart the sidecar, or replace its --key-file with the current key (a sidecar that reads the secret store follows by itself; its log says key.reload_failed when it cannot)".into(),
         );
     }
     if let Some(ms) = h["clock_unix_ms"].as_f64() {

@@ -78,8 +78,10 @@ const SPEC: &str = "preview.yaml";
 /// The rendered k8s folder is a kustomize Component (patches onto the team's Deployments).
 const KUSTOMIZE: &str = "kubectl apply -k .   # after adding pvid/k8s to `components:` of the kustomization holding your Deployments";
 
-/// Where pattern 1 stands today: `mode: shared` is not built, so start per-service.
-const SHARED_NOT_BUILT: &str = "pvid has no `mode: shared` yet: use per-service keys from the start; `pvid up` issues them and costs the same one command";
+/// Pattern 1: the spec line that turns it on, before the usual wiring.
+const SHARED_MODE: &str = "add `mode: shared` to preview.yaml (pvid up and pvid doctor will warn)";
+/// Pattern 1: how to leave it, after the wiring.
+const SHARED_LEAVE: &str = "pvid migrate ID --to per-service   # as soon as you can: no downtime, then remove `mode: shared`";
 
 /// The advice for `services` services on `substrate` with `mesh`; an error names the input
 /// that makes no sense.
@@ -110,7 +112,7 @@ pub fn recommend(services: u32, substrate: Substrate, mesh: Mesh) -> Result<Advi
                 "with shared credentials every permission-boundary test is meaningless: any service can be any other".into(),
                 "a compromise of one preview is a compromise of all: every preview holds the same keys".into(),
             ],
-            next: vec![format!("# {SHARED_NOT_BUILT}")],
+            next: vec![format!("# {SHARED_MODE}")],
         }
     } else if matches!(mesh, Mesh::Istio | Mesh::Linkerd) {
         let m = name(mesh);
@@ -139,6 +141,7 @@ pub fn recommend(services: u32, substrate: Substrate, mesh: Mesh) -> Result<Advi
         // Pattern 1's wiring is the per-service wiring of the same substrate.
         let wiring = sidecar_advice(services, substrate, mesh, &up);
         advice.next.extend(wiring.next);
+        advice.next.push(SHARED_LEAVE.into());
         advice.warnings.extend(wiring.warnings);
     }
     if services > 10 {
@@ -248,7 +251,8 @@ mod tests {
             let text = all(&a);
             assert!(text.contains("permission-boundary test is meaningless"), "{text}");
             assert!(text.contains("compromise of one preview is a compromise of all"), "{text}");
-            assert!(a.next[0].contains("no `mode: shared` yet"), "{:?}", a.next);
+            assert!(a.next[0].contains("add `mode: shared`"), "{:?}", a.next);
+            assert!(a.next.last().unwrap().starts_with("pvid migrate ID --to per-service"), "{:?}", a.next);
             assert_eq!(a.next[1], "pvid up -f preview.yaml --compose pvid");
             assert_eq!(a.next.iter().filter(|c| c.starts_with("pvid up")).count(), 1);
         }
@@ -336,7 +340,7 @@ mod tests {
 
     #[test]
     fn every_command_uses_a_real_subcommand() {
-        let known = ["pvid up", "pvid render k8s", "pvid render istio", "pvid render linkerd", "pvid render compose", "pvid render serverless", "pvid proxy", "pvid serve", "kubectl", "docker compose", "#"];
+        let known = ["pvid up", "pvid render k8s", "pvid render istio", "pvid render linkerd", "pvid render compose", "pvid render serverless", "pvid proxy", "pvid serve", "pvid migrate", "kubectl", "docker compose", "#"];
         for n in [1, 5, 20] {
             for s in [Substrate::K8s, Substrate::Compose, Substrate::Nomad, Substrate::Ecs, Substrate::Serverless] {
                 for m in [Mesh::None, Mesh::Istio, Mesh::Linkerd, Mesh::Consul] {

@@ -178,29 +178,46 @@ print(json.dumps(out))
 #[test]
 fn doctor_finds_a_sidecar_still_signing_with_a_key_revoked_by_a_reprovision() {
     // Found by a fresh-eyes review: `pvid down` then `pvid up` of the same id gives every service
-    // a new key; a running sidecar keeps the one it read at start, and every call it makes is
-    // refused (key_revoked), while doctor said "clean".
+    // a new key; a sidecar that kept the one it read at start had every call refused
+    // (key_revoked), while doctor said "clean". A sidecar that loads its key from the secret
+    // store now follows the registry's signing key; one started with a key file that nobody
+    // replaced cannot, and doctor names it.
     let home = tempfile::tempdir().unwrap();
     up(home.path());
-    let egress = free_port().to_string();
-    let sc = sidecar_with(home.path(), "worker", "0", &home.path().join("previews/pr-482/registry.json"), &["--egress", &egress]);
-    let admin = format!("http://{}", sc.admin);
+    let key_file = home.path().join("worker.key");
+    std::fs::write(&key_file, stored_key(home.path(), "worker")).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let registry = home.path().join("previews/pr-482/registry.json");
+    let (egress, egress2) = (free_port().to_string(), free_port().to_string());
+    let from_store = sidecar_with(home.path(), "worker", "0", &registry, &["--egress", &egress]);
+    let from_file = sidecar_with(home.path(), "worker", "0", &registry, &["--egress", &egress2, "--key-file", key_file.to_str().unwrap()]);
+    let (store_admin, file_admin) = (format!("http://{}", from_store.admin), format!("http://{}", from_file.admin));
     assert_eq!(pvid(home.path(), &["down", "pr-482"]).status.code(), Some(0));
     up(home.path());
-    // Bounded wait until the sidecar has loaded the new registry (it polls its file).
+    // Bounded wait until both sidecars have loaded the new registry (they poll its file).
     let mut last = serde_json::Value::Null;
     for _ in 0..200 {
-        let out = pvid(home.path(), &["doctor", "--preview", "pr-482", "--sidecar", &admin, "--json"]);
+        let out = pvid(home.path(), &["doctor", "--preview", "pr-482", "--sidecar", &store_admin, "--sidecar", &file_admin, "--json"]);
         last = json(&out);
         let checks: Vec<&str> = last["findings"].as_array().unwrap().iter().filter_map(|f| f["check"].as_str()).collect();
-        if !checks.contains(&"stale_registry") {
+        if !checks.contains(&"stale_registry") && checks.len() == 1 {
             assert_eq!(out.status.code(), Some(1));
             assert_eq!(checks, ["stale_signing_key"], "{last}");
             assert_eq!(last["findings"][0]["service"], "worker");
+            assert!(last["findings"][0]["problem"].as_str().unwrap().contains(&from_file.admin.to_string()), "{last}");
             assert!(last["findings"][0]["fix"].as_str().unwrap().starts_with("restart the sidecar"));
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    panic!("the sidecar never loaded the new registry: {last}");
+    panic!("the sidecars never settled on the new registry: {last}");
+}
+
+/// The private key document of `service`, as the local secret store holds it.
+fn stored_key(home: &Path, service: &str) -> Vec<u8> {
+    use pvid_store::SecretStore as _;
+    let store = pvid_store::LocalSecretStore::open(home).unwrap();
+    let path = pvid_store::SecretPath::private_key(&"pr-482".parse().unwrap(), &service.parse().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(store.get(&path)).unwrap().unwrap().to_vec()
 }

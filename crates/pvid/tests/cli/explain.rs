@@ -131,6 +131,7 @@ async fn explains_a_stale_key_with_when_it_was_revoked() {
     let mut doc: Value = serde_json::from_slice(&std::fs::read(registry_file(s.home.path())).unwrap()).unwrap();
     let kid = s.api.kid().to_owned();
     doc["services"]["api"]["kids"] = json!([]);
+    doc["services"]["api"].as_object_mut().unwrap().remove("signing_kid");
     let keys: Vec<Value> = doc["jwks"]["keys"].as_array().unwrap().iter().filter(|k| k["kid"] != kid.as_str()).cloned().collect();
     doc["jwks"]["keys"] = json!(keys);
     doc["revoked"] = json!([{"kid": kid, "service": "api", "revoked_at": 1796299200, "reason": "rotation"}]);

@@ -154,6 +154,7 @@ async fn each_reason_code_through_the_cli_against_a_provisioned_preview() {
     // key_revoked: the registry lists the kid as revoked (as after a rotation).
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&reg).unwrap()).unwrap();
     doc["services"]["api"]["kids"] = json!([]);
+    doc["services"]["api"].as_object_mut().unwrap().remove("signing_kid");
     doc["jwks"]["keys"] = json!(doc["jwks"]["keys"].as_array().unwrap().iter().filter(|k| k["kid"] != live.api.kid()).cloned().collect::<Vec<_>>());
     doc["revoked"] = json!([{"kid": live.api.kid(), "service": "api", "revoked_at": 1796299000, "reason": "rotation"}]);
     let rotated = live.home.path().join("rotated.json");
