@@ -5,9 +5,10 @@
 #
 # Mounts: KV v2 at `secret/` and Transit at `transit/` (pvid's defaults). If yours differ
 # (PVID_BAO_KV_MOUNT / PVID_BAO_TRANSIT_MOUNT), replace the leading `secret/` and `transit/`
-# of every path below. pvid touches nothing outside `preview/` and the `preview-*` keys.
+# of every path below. pvid touches nothing outside `preview/`, `shared/private-key` and the `preview-*` keys.
 
-# --- key custody `sidecar`: private keys in KV v2 at preview/<id>/<svc>/private-key ---------
+# --- key custody `sidecar`: private keys in KV v2 at preview/<id>/<svc>/private-key (and
+# next-private-key while a rotation publishes a new key) -------------------------------------
 # write a version, read it back (sidecar start, audit, teardown proof)
 path "secret/data/preview/*" {
   capabilities = ["create", "update", "read"]
@@ -16,6 +17,14 @@ path "secret/data/preview/*" {
 # for the orphan audit
 path "secret/metadata/preview/*" {
   capabilities = ["create", "update", "read", "delete", "list"]
+}
+
+# --- mode: shared: the one key every shared-mode preview signs with, at shared/private-key ---
+path "secret/data/shared/private-key" {
+  capabilities = ["create", "update", "read"]
+}
+path "secret/metadata/shared/private-key" {
+  capabilities = ["create", "update", "read", "delete"]
 }
 
 # --- key custody `transit`: one non-exportable key per service, preview-<id>-<svc> ---------

@@ -338,3 +338,47 @@ fn openbao_stopped_mid_run_gives_a_clear_error_loses_nothing_and_a_rerun_after_r
         assert_eq!(sb.transit_keys(), Vec::<String>::new(), "{custody}");
     }
 }
+
+#[test]
+#[ignore = "needs openbao: BAO_ADDR"]
+fn rotation_and_the_shared_credential_live_in_kv_and_leave_nothing_behind() {
+    let sb = Sandbox::new();
+    let env = sb.env(&sb.token);
+    let home = tempfile::tempdir().unwrap();
+    up(home.path(), &env, "sidecar");
+    let before = active_kids(&show(home.path(), &env, "pr-482"));
+    // A rotation killed once the new keys are in KV at next-private-key, unpublished...
+    let killed = run(home.path(), &with(&env, &[("PVID_FAILPOINT", "after_next_secret_write")]), &["rotate", "pr-482", "--publish-delay", "0s"]);
+    assert_eq!(killed.status.code(), Some(86), "{}", stderr(&killed));
+    assert!(sb.kv_paths().iter().any(|p| p.ends_with("/next-private-key")), "{:?}", sb.kv_paths());
+    // ...is finished by a re-run: new keys sign, the old ones retire, no next key is left.
+    let out = run(home.path(), &env, &["rotate", "pr-482", "--publish-delay", "0s", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = show(home.path(), &env, "pr-482");
+    assert_eq!(kids_in_state(&shown, "retiring"), before);
+    let after = active_kids(&shown);
+    assert!(after.iter().zip(&before).all(|(a, b)| a.0 == b.0 && a.1 != b.1), "{after:?} vs {before:?}");
+    let paths: Vec<String> = SERVICES.iter().map(|s| format!("preview/pr-482/{s}/private-key")).collect();
+    assert_eq!(sb.kv_paths(), paths);
+    let meta = sb.admin.kv_metadata(&sb.kv_mount, "preview/pr-482/api/private-key").unwrap();
+    assert_eq!(meta["custom_metadata"]["kid"].as_str(), after.iter().find(|(s, _)| s == "api").map(|(_, k)| k.as_str()));
+    assert_eq!(audit(home.path(), &env).0, 0);
+    assert_eq!(run(home.path(), &env, &["down", "pr-482"]).status.code(), Some(0));
+    assert_eq!(sb.kv_paths(), Vec::<String>::new());
+
+    // mode: shared keeps one key at shared/private-key (the shipped policy allows exactly that
+    // path), outside every preview: teardown leaves it, the orphan sweep removes it.
+    let spec = home.path().join("shared.yaml");
+    std::fs::write(&spec, "preview: pr-9\nmode: shared\nservices:\n  api: { calls: [worker] }\n  worker: {}\n").unwrap();
+    let out = run(home.path(), &env, &["up", "-f", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING: mode: shared"));
+    assert!(sb.admin.kv_metadata(&sb.kv_mount, "shared/private-key").is_some());
+    assert_eq!(run(home.path(), &env, &["down", "pr-9"]).status.code(), Some(0));
+    assert!(sb.admin.kv_metadata(&sb.kv_mount, "shared/private-key").is_some());
+    let (code, found) = audit(home.path(), &env);
+    assert_eq!(code, 1, "{found}");
+    assert_eq!(found["found"][0]["path"], "shared/private-key", "{found}");
+    assert_eq!(run(home.path(), &env, &["audit", "orphans", "--sweep"]).status.code(), Some(0));
+    assert!(sb.admin.kv_metadata(&sb.kv_mount, "shared/private-key").is_none());
+}
