@@ -201,6 +201,35 @@ fn matrix_names_the_edges_a_sidecar_enforces_wrongly() {
 }
 
 #[test]
+fn matrix_finds_a_wrong_policy_in_a_rendered_compose_config() {
+    // What a team deploys is the rendered configuration, not the spec: here the registry that
+    // `pvid render compose` wrote (and the Compose sidecars mount) was edited by hand so that
+    // api may call payments on any route, /admin included.
+    let p = Preview::up();
+    let out_dir = p.path().join("compose");
+    let spec = p.path().join("preview.yaml");
+    let out = pvid(p.path(), &["render", "compose", "-f", spec.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rendered = out_dir.join("registry.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&rendered).unwrap()).unwrap();
+    for rule in doc["policy"].as_array_mut().unwrap() {
+        if rule["caller"] == "api" && rule["callee"] == "payments" {
+            *rule = json!({"caller": "api", "callee": "payments"});
+        }
+    }
+    std::fs::write(&rendered, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let _sidecars: Vec<Sidecar> = SERVICES.iter().map(|s| p.sidecar(s, Some(&rendered))).collect();
+
+    let out = pvid(p.path(), &["matrix", "pr-482", "--json"]);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{v:#}");
+    let want: BTreeSet<(String, String)> = [("api".to_owned(), "payments".to_owned())].into();
+    assert_eq!(mismatched_edges(&v), want, "{v:#}");
+    let admin = v["probes"].as_array().unwrap().iter().find(|p| p["callee"] == "payments" && p["path"] == "/admin").unwrap();
+    assert_eq!((admin["expected"].as_str(), admin["got"].as_str()), (Some("deny"), Some("allow")), "{admin}");
+}
+
+#[test]
 fn matrix_says_which_sidecar_cannot_be_reached() {
     let p = Preview::up();
     let _sidecars: Vec<Sidecar> = ["api", "worker", "webhooks"].iter().map(|s| p.sidecar(s, None)).collect();
