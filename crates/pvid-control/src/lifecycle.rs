@@ -250,20 +250,7 @@ impl Control {
         // All services at once, in the documented order: every pending row (one commit), every
         // secret, the evidence, then activation (one commit). Per service these were three
         // commits each, and commits (fsyncs) were most of a provision's time (PERFORMANCE.md).
-        let records: Vec<KeyRecord> = fresh
-            .iter()
-            .map(|(service, _, key)| KeyRecord {
-                kid: key.kid().to_owned(),
-                preview_id: id.clone(),
-                service: service.clone(),
-                state: KeyState::Pending,
-                jwk: key.public_jwk(),
-                created_at: unix_now(),
-                revoked_at: None,
-                revoke_reason: None,
-                retire_at: None,
-            })
-            .collect();
+        let records: Vec<KeyRecord> = fresh.iter().map(|(service, _, key)| KeyRecord::pending(id, service, key)).collect();
         self.state.insert_keys(&records).await?;
         issued.extend(fresh.iter().map(|(service, _, key)| Issued::Secret(service.clone(), key.kid().to_owned())));
         for (_, path, key) in &fresh {

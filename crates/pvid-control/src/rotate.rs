@@ -66,10 +66,7 @@ impl Control {
         service: Option<&ServiceName>,
         emergency: bool,
     ) -> Result<Vec<NextKey>, LifecycleError> {
-        let lock = self.state.lock_preview(id).await?;
-        let result = self.begin_rotation_locked(id, service, emergency).await;
-        lock.release().await;
-        result
+        self.locked(id, async || self.begin_rotation_locked(id, service, emergency).await).await
     }
 
     async fn begin_rotation_locked(
@@ -136,20 +133,7 @@ impl Control {
             fresh.push((svc.clone(), key));
         }
         // The provision order: pending rows, secrets, evidence, then publication.
-        let records: Vec<KeyRecord> = fresh
-            .iter()
-            .map(|(service, key)| KeyRecord {
-                kid: key.kid().to_owned(),
-                preview_id: id.clone(),
-                service: service.clone(),
-                state: KeyState::Pending,
-                jwk: key.public_jwk(),
-                created_at: unix_now(),
-                revoked_at: None,
-                revoke_reason: None,
-                retire_at: None,
-            })
-            .collect();
+        let records: Vec<KeyRecord> = fresh.iter().map(|(service, key)| KeyRecord::pending(id, service, key)).collect();
         self.state.insert_keys(&records).await?;
         for (service, key) in &fresh {
             let meta = SecretMeta { kid: key.kid(), created_at: unix_now() };
@@ -182,10 +166,7 @@ impl Control {
         overlap_s: u64,
         emergency: bool,
     ) -> Result<Vec<Switched>, LifecycleError> {
-        let lock = self.state.lock_preview(id).await?;
-        let result = self.switch_signing_locked(id, service, overlap_s, emergency).await;
-        lock.release().await;
-        result
+        self.locked(id, async || self.switch_signing_locked(id, service, overlap_s, emergency).await).await
     }
 
     async fn switch_signing_locked(
@@ -247,10 +228,7 @@ impl Control {
     /// Verifiers already refuse them by then; this moves them to the registry's revoked list.
     /// Returns the kids revoked.
     pub async fn retire_due(&self, id: &PreviewId, now: i64) -> Result<Vec<String>, LifecycleError> {
-        let lock = self.state.lock_preview(id).await?;
-        let result = self.retire_due_locked(id, now).await;
-        lock.release().await;
-        result
+        self.locked(id, async || self.retire_due_locked(id, now).await).await
     }
 
     async fn retire_due_locked(&self, id: &PreviewId, now: i64) -> Result<Vec<String>, LifecycleError> {
@@ -276,8 +254,7 @@ impl Control {
     /// Then [`Control::switch_signing`] finishes it, calls flowing throughout. Re-running it on
     /// a preview already moved resumes the rotation.
     pub async fn begin_migration(&self, id: &PreviewId) -> Result<Vec<NextKey>, LifecycleError> {
-        let lock = self.state.lock_preview(id).await?;
-        let result = async {
+        self.locked(id, async || {
             let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
             if rec.state != PreviewState::Active {
                 return Err(LifecycleError::NotActive { preview: id.to_string(), state: rec.state.to_string() });
@@ -294,10 +271,8 @@ impl Control {
                 self.state.append_evidence(id, "preview.migrated", json!({"from": "shared", "to": "per-service", "actor": self.actor})).await?;
             }
             self.begin_rotation_locked(id, None, false).await
-        }
-        .await;
-        lock.release().await;
-        result
+        })
+        .await
     }
 
     /// One pass of scheduled rotation (`rotation_period` in the spec; `pvid serve` runs it):
@@ -333,6 +308,14 @@ impl Control {
             }
         }
         Ok(done)
+    }
+
+    /// Runs `op` holding the preview's operation lock (see [`Control::provision`]).
+    async fn locked<T>(&self, id: &PreviewId, op: impl AsyncFnOnce() -> Result<T, LifecycleError>) -> Result<T, LifecycleError> {
+        let lock = self.state.lock_preview(id).await?;
+        let result = op().await;
+        lock.release().await;
+        result
     }
 
     /// The preview, if it may rotate: active, sidecar custody.

@@ -142,6 +142,23 @@ pub struct KeyRecord {
     pub retire_at: Option<i64>,
 }
 
+impl KeyRecord {
+    /// The row of a key just made, before its private half is stored (`pending`).
+    pub fn pending(preview_id: &PreviewId, service: &ServiceName, key: &pvid_core::SigningKey) -> KeyRecord {
+        KeyRecord {
+            kid: key.kid().to_owned(),
+            preview_id: preview_id.clone(),
+            service: service.clone(),
+            state: KeyState::Pending,
+            jwk: key.public_jwk(),
+            created_at: unix_now(),
+            revoked_at: None,
+            revoke_reason: None,
+            retire_at: None,
+        }
+    }
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
