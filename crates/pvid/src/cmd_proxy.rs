@@ -1,6 +1,7 @@
-//! `pvid proxy`: the sidecar. Under sidecar custody the private key is fetched once from the
-//! secret store at start (or read from a key file); under transit custody OpenBao Transit signs
-//! each new egress token (tokens are cached until shortly before expiry). The registry comes from
+//! `pvid proxy`: the sidecar. Under sidecar custody the private key is fetched from the secret
+//! store at start (or read from a key file), and again whenever the registry switches the
+//! service's signing key (a rotation); under transit custody OpenBao Transit signs each new
+//! egress token (tokens are cached until shortly before expiry). The registry comes from
 //! a file that is reloaded when it changes, or from the control plane (`--registry
 //! http://cp1,http://cp2`), long-polled with failover.
 
@@ -107,7 +108,7 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         None => RegistrySource::File(pvid_control::registry_dir(home, a.preview.as_str()).join("registry.json")),
     };
     // Egress needs this service's private key; inbound validation needs only public keys.
-    // Sidecar custody: the key is fetched once; transit custody: OpenBao signs each new token.
+    // Sidecar custody: the key is fetched here; transit custody: OpenBao signs each new token.
     // After a rotation the registry names another signing key: the sidecar loads it again from
     // the same place (the key file, replaced by the operator, or the secret store).
     let key_source: Option<Arc<dyn KeySource>> = match (a.egress, &a.key_file) {
@@ -162,8 +163,8 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-/// A service's key as the secret store holds it now (sidecar custody; transit custody does not
-/// rotate yet, and a Transit signer names its key version at start).
+/// A service's signer as the stores have it now: its private key (sidecar custody) or the
+/// Transit key version of its active key (transit custody, after a re-provision).
 #[derive(Debug)]
 struct StoreKeySource {
     home: PathBuf,
@@ -175,12 +176,12 @@ struct StoreKeySource {
 impl KeySource for StoreKeySource {
     async fn load(&self) -> Result<Arc<dyn pvid_proxy::Signer>, String> {
         let control = context::open(&self.home).await.map_err(|e| format!("{:#}", e.error))?;
-        let key = control.signing_key(&self.preview, &self.service).await;
+        let signer = context::signer(&control, &self.preview, &self.service).await;
         control.state().close().await;
-        match key {
-            Ok(Some(key)) => Ok(Arc::new(key)),
+        match signer {
+            Ok(Some(signer)) => Ok(signer),
             Ok(None) => Err(format!("no key for {}/{} in the secret store", self.preview, self.service)),
-            Err(e) => Err(format!("secret store: {e}")),
+            Err(e) => Err(format!("{:#}", e.error)),
         }
     }
 }
