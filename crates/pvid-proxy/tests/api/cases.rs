@@ -83,6 +83,7 @@ async fn request_level_cases_give_their_expected_reasons_through_a_real_sidecar(
         registry: pvid_proxy::RegistrySource::File(world.registry_path.clone()),
         signing_key: None,
         log: LogTarget::File(log.clone()),
+        log_buffer: pvid_proxy::DEFAULT_LOG_BUFFER_LINES,
         evidence: None,
         clock: Arc::new(FixedClock(1_796_299_200.0)),
         cache: true,
