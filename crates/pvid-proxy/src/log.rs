@@ -39,6 +39,8 @@ const MAX_DETAIL_CHARS: usize = 512;
 pub const DEFAULT_LOG_BUFFER_LINES: usize = 4096;
 /// How often an idle writer looks for drops it has not reported yet.
 const DROP_CHECK_PERIOD: Duration = Duration::from_millis(200);
+/// How long the writer waits, after a first line, for more to write along with it.
+const LINGER: Duration = Duration::from_millis(1);
 /// Bytes gathered into one write at most.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// How long [`LogSink::flush`] sleeps before retrying a full buffer.
@@ -247,6 +249,7 @@ struct LineWriter {
 
 impl LineWriter {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut backlog = false;
         loop {
             // Idle, it still wakes now and then: drops may have happened after the last line.
             let first = match rx.recv_timeout(DROP_CHECK_PERIOD) {
@@ -254,15 +257,22 @@ impl LineWriter {
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            // Everything already queued goes out in one write (fewer syscalls under load).
+            // Let company gather, then write everything queued at once. A sleeping writer is not
+            // waiting on the channel, so the requests' sends wake no thread: a busy sidecar pays
+            // one wake-up and one write per LINGER, not per line. (No pause with a backlog.)
+            if first.is_some() && !backlog {
+                std::thread::sleep(LINGER);
+            }
             let mut acks = Vec::new();
             let mut next = first;
+            backlog = false;
             while let Some(msg) = next {
                 match msg {
                     Msg::Line(text) => self.batch.push_str(&text),
                     Msg::Flush(ack) => acks.push(ack),
                 }
-                next = if self.batch.len() < MAX_BATCH_BYTES { rx.try_recv().ok() } else { None };
+                backlog = self.batch.len() >= MAX_BATCH_BYTES;
+                next = if backlog { None } else { rx.try_recv().ok() };
             }
             self.write_batch();
             self.report_drops();
