@@ -96,7 +96,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         registry_version: snapshot.registry.version,
         detail: prepared.as_ref().err().map(|f| clip_detail(&f.detail)),
     };
-    shared.log.record(&event).await;
+    shared.log.record(&event);
     drop(event);
 
     match prepared {

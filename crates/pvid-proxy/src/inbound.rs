@@ -62,7 +62,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
 
     let event = decision_event(&shared, &snapshot, &req, &outcome, &request_id, now, started);
     shared.metrics.decision(event.reason, event.latency_us);
-    shared.log.record(&event).await;
+    shared.log.record(&event);
     drop(event);
 
     match outcome {

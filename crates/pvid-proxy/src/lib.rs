@@ -11,8 +11,9 @@
 //!   control plane at start (an error if missing or invalid), then watched (file polled, or HTTP
 //!   long-poll failing over between replicas); a failed reload never replaces the last good
 //!   registry, and a registry no replica could confirm for too long fails closed.
-//! - **Decision log** (`log.rs`): exactly one JSON line per request, written before the response
-//!   leaves, never holding a token.
+//! - **Decision log** (`log.rs`): exactly one JSON line per request, never holding a token,
+//!   written by a thread behind a bounded buffer so that no request waits for it (a full buffer
+//!   drops lines and counts them); the `--evidence` chain is written before the response leaves.
 //! - **OTLP** (`otlp.rs`, optional): every log line also exported as an OTLP/HTTP JSON log
 //!   record, best effort (bounded queue, batches, drops counted); the log stays the record.
 //! - **Admin** (`admin.rs`, optional): `/healthz` (registry in force, this host's clock) and
@@ -50,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::limits::Limits;
+pub use crate::log::DEFAULT_LOG_BUFFER_LINES;
 pub use crate::otlp::OtlpEndpoint;
 pub use crate::signer::{KeySource, MintCache, Minted, SignError, Signer, mint_with};
 #[cfg(feature = "openbao")]
@@ -91,6 +93,9 @@ pub struct ProxyConfig {
     pub key_source: Option<Arc<dyn KeySource>>,
     /// Where log lines go.
     pub log: LogTarget,
+    /// Lines the log buffer holds ([`DEFAULT_LOG_BUFFER_LINES`] in the CLI); a line that finds
+    /// it full is dropped and counted.
+    pub log_buffer: usize,
     /// Where decisions are also appended as a hash-chained evidence trail (`--evidence`).
     pub evidence: Option<PathBuf>,
     /// The source of "now" for token validation, minting and log timestamps.
@@ -113,6 +118,7 @@ impl fmt::Debug for ProxyConfig {
             .field("signing_key", &self.signing_key)
             .field("key_source", &self.key_source)
             .field("log", &self.log)
+            .field("log_buffer", &self.log_buffer)
             .field("evidence", &self.evidence)
             .field("cache", &self.cache)
             .field("otlp", &self.otlp)
@@ -251,7 +257,7 @@ impl Proxy {
 
     /// Serves until `shutdown` completes, then stops accepting, lets open connections finish
     /// their current request (bounded grace period), waits (bounded) for the OTLP exporter to
-    /// send what is queued, and returns.
+    /// send what is queued and for the log writer to write what is buffered, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ProxyError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -277,9 +283,15 @@ impl Proxy {
         }
         // Export what is still queued: the queue closes when the last `Shared` goes away.
         let otlp_task = self.shared.otlp_task.lock().ok().and_then(|mut t| t.take());
+        let sink = self.shared.log.clone();
         drop(self.shared);
         if let Some(task) = otlp_task {
             let _ = tokio::time::timeout(otlp::FLUSH_PATIENCE, task).await;
+        }
+        // Last: the exporter may have logged its own failure. Bounded, as a stdout reader may
+        // never read again.
+        if tokio::time::timeout(log::FLUSH_PATIENCE, sink.flush()).await.is_err() {
+            eprintln!("pvid proxy: the log writer did not drain its buffer within {:?}", log::FLUSH_PATIENCE);
         }
         inbound_result.map_err(|source| ProxyError::Serve { listener: "inbound", source })?;
         egress_result.map_err(|source| ProxyError::Serve { listener: "egress", source })?;

@@ -1,11 +1,11 @@
 //! The sidecar's log lines: one typed struct per event kind, turned into one JSON line in exactly
 //! one place ([`encode_line`]).
 //!
-//! A decision must be on record before it takes effect: [`LogSink::record`] returns once the line
-//! is written, so the line of a request is always in the file before its response leaves the
-//! sidecar. A log file is appended to in place (cheap: page cache); standard output, which may be
-//! a pipe, is written by a dedicated thread that the request waits for, so a slow reader stalls
-//! that thread and not the async runtime.
+//! Requests never wait for the log: [`LogSink::record`] puts the line in a bounded buffer that a
+//! writer thread drains into the file or stdout. When the buffer is full the line is dropped and
+//! counted, never silently: `/metrics` has `pvid_log_lines_dropped_total`, and the writer writes
+//! one `log.dropped` line with the count as soon as it can. On shutdown the buffer is flushed.
+//! The evidence chain is the exception and stays synchronous ([`LogSink`]).
 //!
 //! Tokens never reach this module: events hold only what DESIGN.md's decision line names, and
 //! every string read from a token is cut to [`MAX_TOKEN_FIELD_CHARS`]. JSON escaping keeps a value
@@ -13,9 +13,11 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::Duration;
 
-use pvid_core::ReasonCode;
+use pvid_core::{Clock, ReasonCode};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -31,6 +33,20 @@ fn unix_ms() -> i64 {
 pub(crate) const MAX_TOKEN_FIELD_CHARS: usize = 256;
 /// Longest human detail in a line.
 const MAX_DETAIL_CHARS: usize = 512;
+
+/// Lines the log buffer holds unless configured (`--log-buffer`): about 2 MiB of typical
+/// decision lines, a few hundred milliseconds of traffic at full speed.
+pub const DEFAULT_LOG_BUFFER_LINES: usize = 4096;
+/// How often an idle writer looks for drops it has not reported yet.
+const DROP_CHECK_PERIOD: Duration = Duration::from_millis(200);
+/// How long the writer waits, after a first line, for more to write along with it.
+const LINGER: Duration = Duration::from_millis(1);
+/// Bytes gathered into one write at most.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// How long [`LogSink::flush`] sleeps before retrying a full buffer.
+const FLUSH_RETRY: Duration = Duration::from_millis(5);
+/// How long shutdown waits for the writer to drain the buffer.
+pub(crate) const FLUSH_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The `result` of a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -186,35 +202,119 @@ pub(crate) fn rfc3339_millis(unix_seconds: f64) -> String {
     )
 }
 
-struct Line {
-    text: String,
-    written: Option<oneshot::Sender<()>>,
+/// What travels through the buffer to the writer thread.
+enum Msg {
+    Line(String),
+    /// Answered once every line queued before it is written (shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
-impl std::fmt::Debug for Line {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Line")
-    }
+/// Counters of the log buffer (rendered by `metrics.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct LogStats {
+    /// Lines dropped because the buffer was full (or the writer was gone).
+    pub dropped: AtomicU64,
 }
 
-/// Where lines go (a file or stdout) and the evidence chain that follows them.
+/// Who writes: the fields of the writer's own `log.dropped` lines.
+pub(crate) struct Origin {
+    pub preview: String,
+    pub service: String,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// `event: "log.dropped"`: lines the buffer had no room for since the previous such line.
+/// Written by the writer itself, so it cannot be dropped in turn.
+#[derive(Debug, Serialize)]
+struct DroppedEvent<'a> {
+    ts: String,
+    event: &'static str,
+    preview_id: &'a str,
+    service: &'a str,
+    /// Lines lost since the previous `log.dropped` line.
+    dropped: u64,
+    detail: String,
+}
+
+/// The writer thread's state: where lines go, and the drops it has already reported.
 struct LineWriter {
     out: Box<dyn Write + Send>,
-    evidence: Option<EvidenceChain>,
-    reported: bool,
+    origin: Origin,
+    stats: Arc<LogStats>,
+    capacity: usize,
+    batch: String,
+    reported_drops: u64,
+    reported_error: bool,
 }
 
 impl LineWriter {
-    fn write(&mut self, text: &str) {
-        // One write per line: with O_APPEND, lines from several writers never interleave. (A
-        // File has no buffer to flush; stdout's is flushed so the line leaves now.)
-        if let Err(e) = self.out.write_all(text.as_bytes()).and_then(|()| self.out.flush()) {
-            report_once(&mut self.reported, "cannot write log line", &e);
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut backlog = false;
+        loop {
+            // Idle, it still wakes now and then: drops may have happened after the last line.
+            let first = match rx.recv_timeout(DROP_CHECK_PERIOD) {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            // Let company gather, then write everything queued at once. A sleeping writer is not
+            // waiting on the channel, so the requests' sends wake no thread: a busy sidecar pays
+            // one wake-up and one write per LINGER, not per line. (No pause with a backlog.)
+            if first.is_some() && !backlog {
+                std::thread::sleep(LINGER);
+            }
+            let mut acks = Vec::new();
+            let mut next = first;
+            backlog = false;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Line(text) => self.batch.push_str(&text),
+                    Msg::Flush(ack) => acks.push(ack),
+                }
+                backlog = self.batch.len() >= MAX_BATCH_BYTES;
+                next = if backlog { None } else { rx.try_recv().ok() };
+            }
+            self.write_batch();
+            self.report_drops();
+            for ack in acks {
+                let _ = ack.send(());
+            }
         }
-        if let Some(chain) = self.evidence.as_mut()
-            && let Err(e) = chain.append_if_decision(text.trim_end(), unix_ms())
-        {
-            report_once(&mut self.reported, "cannot append to the evidence file", &e);
+        self.write_batch();
+        self.report_drops();
+    }
+
+    fn write_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        // Whole lines only: with O_APPEND, lines from several writers never interleave. (A File
+        // has no buffer to flush; stdout's is flushed so the lines leave now.)
+        let written = self.out.write_all(self.batch.as_bytes()).and_then(|()| self.out.flush());
+        if let Err(e) = written {
+            report_once(&mut self.reported_error, "cannot write log line", &e);
+        }
+        self.batch.clear();
+    }
+
+    /// One `log.dropped` line for the drops not reported yet, if any.
+    fn report_drops(&mut self) {
+        let total = self.stats.dropped.load(Ordering::Relaxed);
+        if total <= self.reported_drops {
+            return;
+        }
+        let event = DroppedEvent {
+            ts: rfc3339_millis(self.origin.clock.now()),
+            event: "log.dropped",
+            preview_id: &self.origin.preview,
+            service: &self.origin.service,
+            dropped: total - self.reported_drops,
+            detail: format!("the log buffer ({} lines) was full: the writer could not keep up", self.capacity),
+        };
+        self.reported_drops = total;
+        if let Some(line) = encode_line(&event) {
+            self.batch.push_str(&line);
+            self.write_batch();
         }
     }
 }
@@ -227,40 +327,51 @@ fn report_once(reported: &mut bool, what: &str, e: &std::io::Error) {
     }
 }
 
-/// Where [`LogSink::record`] puts a line.
-#[derive(Clone)]
-enum Writer {
-    /// A regular file: written in place, under a lock. A page-cache append costs a few
-    /// microseconds, far less than handing the line to a thread and waiting for its answer
-    /// (two context switches per request; see docs/PERFORMANCE.md).
-    File(Arc<Mutex<LineWriter>>),
-    /// Standard output, which may be a pipe a slow reader drains: written by a dedicated thread
-    /// so a full pipe stalls that thread, not the async runtime.
-    Thread(mpsc::Sender<Line>),
+/// The evidence chain, written from the request's task (see [`LogSink`]).
+struct EvidenceWriter {
+    chain: EvidenceChain,
+    reported_error: bool,
 }
 
-/// Writes log lines. Cheap to clone.
+/// Writes log lines without waiting for I/O. Cheap to clone.
+///
+/// Lines go into a bounded buffer ([`DEFAULT_LOG_BUFFER_LINES`] lines unless configured) that a
+/// writer thread drains into the file or stdout; a full buffer drops the line and counts it
+/// (`pvid_log_lines_dropped_total`, and a `log.dropped` line once the writer can write again). A
+/// slow disk or a stalled stdout reader therefore costs log lines, never request latency.
+///
+/// The evidence chain (`--evidence`) is not buffered: a decision is appended to it in the
+/// request's task, under a lock, before the request goes on, as every line used to be. Evidence
+/// must be complete, and a buffer with backpressure would still lose what it holds when the
+/// process is killed; the chain is a regular file (a page-cache append), so this costs the
+/// request microseconds, not a reader's whims (design-notes 24).
 #[derive(Clone)]
 pub(crate) struct LogSink {
-    writer: Writer,
-    /// Also offers each written line for OTLP export, when configured.
+    tx: mpsc::SyncSender<Msg>,
+    stats: Arc<LogStats>,
+    evidence: Option<Arc<Mutex<EvidenceWriter>>>,
+    /// Also offers each line for OTLP export, when configured.
     otlp: Option<OtlpQueue>,
 }
 
 impl std::fmt::Debug for LogSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.writer {
-            Writer::File(_) => "LogSink(file)",
-            Writer::Thread(_) => "LogSink(stdout)",
-        })
+        f.write_str("LogSink")
     }
 }
 
 impl LogSink {
-    /// Opens the target (for stdout, starts the writer thread, which ends when the last sink is
-    /// dropped). Decision lines are also appended to `evidence` when given, after the log line.
-    pub(crate) fn open(target: &LogTarget, evidence: Option<EvidenceChain>) -> Result<LogSink, ProxyError> {
-        let writer = match target {
+    /// Opens the target and starts the writer thread, which ends (after writing what is
+    /// queued) when the last sink is dropped. Decisions are also appended to `evidence` when
+    /// given. `capacity`: lines the buffer holds (at least 1).
+    pub(crate) fn open(
+        target: &LogTarget,
+        capacity: usize,
+        origin: Origin,
+        evidence: Option<EvidenceChain>,
+        stats: Arc<LogStats>,
+    ) -> Result<LogSink, ProxyError> {
+        let out: Box<dyn Write + Send> = match target {
             LogTarget::File(path) => {
                 // `PVID_HOME/logs/<svc>.log` is where `pvid explain` and `pvid logs` look first.
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -271,26 +382,27 @@ impl LogSink {
                     .append(true)
                     .open(path)
                     .map_err(|source| ProxyError::OpenLog { path: path.clone(), source })?;
-                Writer::File(Arc::new(Mutex::new(LineWriter { out: Box::new(file), evidence, reported: false })))
+                Box::new(file)
             }
-            LogTarget::Stdout => {
-                let mut out = LineWriter { out: Box::new(std::io::stdout()), evidence, reported: false };
-                let (tx, rx) = mpsc::channel::<Line>();
-                std::thread::Builder::new()
-                    .name("pvid-log".into())
-                    .spawn(move || {
-                        for line in rx {
-                            out.write(&line.text);
-                            if let Some(done) = line.written {
-                                let _ = done.send(());
-                            }
-                        }
-                    })
-                    .map_err(|source| ProxyError::StartLogWriter { source })?;
-                Writer::Thread(tx)
-            }
+            LogTarget::Stdout => Box::new(std::io::stdout()),
         };
-        Ok(LogSink { writer, otlp: None })
+        let capacity = capacity.max(1);
+        let writer = LineWriter {
+            out,
+            origin,
+            stats: stats.clone(),
+            capacity,
+            batch: String::new(),
+            reported_drops: 0,
+            reported_error: false,
+        };
+        let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
+        std::thread::Builder::new()
+            .name("pvid-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| ProxyError::StartLogWriter { source })?;
+        let evidence = evidence.map(|chain| Arc::new(Mutex::new(EvidenceWriter { chain, reported_error: false })));
+        Ok(LogSink { tx, stats, evidence, otlp: None })
     }
 
     /// This sink, also offering every line it writes to `queue`.
@@ -298,24 +410,41 @@ impl LogSink {
         LogSink { otlp: Some(queue), ..self }
     }
 
-    /// Writes one event; returns once it is written (a decision is on record before it takes
-    /// effect).
-    pub(crate) async fn record<E: Serialize>(&self, event: &E) {
+    /// Queues one event for the writer, never waiting for I/O; a full buffer drops (and counts)
+    /// the line. A decision goes into the evidence chain, when there is one, before this returns.
+    pub(crate) fn record<E: Serialize>(&self, event: &E) {
         let Some(text) = encode_line(event) else { return };
-        let export = self.otlp.as_ref().map(|q| (q, text.trim_end_matches('\n').to_owned()));
-        match &self.writer {
-            Writer::File(w) => w.lock().unwrap_or_else(PoisonError::into_inner).write(&text),
-            Writer::Thread(tx) => {
-                let (done, written) = oneshot::channel();
-                if tx.send(Line { text, written: Some(done) }).is_ok() {
-                    let _ = written.await;
-                }
+        if let Some(evidence) = &self.evidence {
+            let mut w = evidence.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = w.chain.append_if_decision(text.trim_end(), unix_ms()) {
+                report_once(&mut w.reported_error, "cannot append to the evidence file", &e);
             }
         }
-        // After the write: the file is the record of truth; export never waits.
-        if let Some((queue, line)) = export {
-            queue.offer(line);
+        // Export never waits either (its own bounded queue).
+        if let Some(queue) = &self.otlp {
+            queue.offer(text.trim_end_matches('\n').to_owned());
         }
+        if self.tx.try_send(Msg::Line(text)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every line queued before this call is written (or the writer is gone). Never
+    /// blocks the runtime: a full buffer is retried, so bound this with a timeout.
+    pub(crate) async fn flush(&self) {
+        let (ack, written) = oneshot::channel();
+        let mut msg = Msg::Flush(ack);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(m)) => {
+                    msg = m;
+                    tokio::time::sleep(FLUSH_RETRY).await;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
+            }
+        }
+        let _ = written.await;
     }
 }
 

@@ -1,5 +1,5 @@
 //! Prometheus metrics of one sidecar: decisions by result and reason, decision latency, cache
-//! hits, mints, and the registry in force. Plain atomics, rendered in the text exposition format
+//! hits, mints, the registry in force, and lines lost by the OTLP export and the log buffer. Plain atomics, rendered in the text exposition format
 //! (version 0.0.4) by the admin listener.
 
 use std::fmt::Write as _;
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pvid_core::ReasonCode;
 use std::sync::Arc;
 
+use crate::log::LogStats;
 use crate::otlp::OtlpStats;
 
 /// Upper bounds of the latency histogram, in microseconds.
@@ -26,6 +27,8 @@ pub(crate) struct Metrics {
     mints_failed: AtomicU64,
     /// Shared with the OTLP exporter and the log sink (zero when export is off).
     pub otlp: Arc<OtlpStats>,
+    /// Shared with the log sink.
+    pub log: Arc<LogStats>,
 }
 
 impl Metrics {
@@ -93,6 +96,9 @@ impl Metrics {
         let _ = writeln!(out, "pvid_otlp_dropped_total{{why=\"queue_full\"}} {}", get(&self.otlp.dropped_queue_full));
         let _ =
             writeln!(out, "pvid_otlp_dropped_total{{why=\"export_failed\"}} {}", get(&self.otlp.dropped_export_failed));
+        out.push_str("# HELP pvid_log_lines_dropped_total Log lines dropped because the log buffer was full.\n");
+        out.push_str("# TYPE pvid_log_lines_dropped_total counter\n");
+        let _ = writeln!(out, "pvid_log_lines_dropped_total {}", get(&self.log.dropped));
         out
     }
 }
@@ -116,5 +122,6 @@ mod tests {
         assert!(text.contains("pvid_proxy_token_cache_lookups_total{outcome=\"hit\"} 1\n"));
         assert!(text.contains("pvid_proxy_registry_version{state=\"active\"} 7\n"));
         assert!(text.contains("pvid_otlp_dropped_total{why=\"export_failed\"} 0\n"));
+        assert!(text.contains("pvid_log_lines_dropped_total 0\n"));
     }
 }

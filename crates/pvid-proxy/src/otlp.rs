@@ -1,7 +1,7 @@
 //! Optional export of log lines to an OpenTelemetry collector (OTLP/HTTP, JSON encoding).
 //!
 //! The file/stdout log stays the record of truth; export is best effort and must never slow a
-//! request: [`crate::log::LogSink::record`] offers each written line to a bounded queue
+//! request: [`crate::log::LogSink::record`] offers each line to a bounded queue
 //! ([`OtlpQueue::offer`], never waits) and a task batches the queue and POSTs it to
 //! `{endpoint}/v1/logs`. A full queue drops the line, a failed export drops the batch; both are
 //! counted ([`OtlpStats`], in `/metrics`). Lines hold no token, so neither do the records.
@@ -243,7 +243,7 @@ impl Exporter {
             dropped,
             error,
         };
-        self.log.record(&line).await;
+        self.log.record(&line);
     }
 }
 
@@ -347,7 +347,13 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogSink::open(&crate::LogTarget::File(dir.path().join("l.log")), None).unwrap();
+        let origin = crate::log::Origin {
+            preview: "pr-7".into(),
+            service: "api".into(),
+            clock: Arc::new(pvid_core::FixedClock(0.0)),
+        };
+        let log =
+            LogSink::open(&crate::LogTarget::File(dir.path().join("l.log")), 16, origin, None, Arc::default()).unwrap();
         let stats = Arc::new(OtlpStats::default());
         // A current-thread runtime: the export task does not run before the test yields.
         let endpoint = OtlpEndpoint::parse("http://127.0.0.1:9").unwrap();

@@ -362,7 +362,7 @@ impl Shared {
                 http.config.max_stale.as_secs()
             ),
         };
-        self.log.record(&line).await;
+        self.log.record(&line);
         Some(respond::error(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", request_id))
     }
 

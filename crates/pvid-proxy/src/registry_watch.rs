@@ -143,7 +143,7 @@ impl Shared {
                         None,
                         Some(format!("cannot read: {e}; keeping version {}", current.registry.version)),
                     );
-                    self.log.record(&line).await;
+                    self.log.record(&line);
                     *last_failure = Some(failure);
                 }
                 return;
@@ -180,7 +180,7 @@ impl Shared {
                     None,
                     Some(clip_detail(&format!("{e}; keeping version {}", current.registry.version))),
                 );
-                self.log.record(&line).await;
+                self.log.record(&line);
                 *last_failure = Some(Failure::Content(digest));
             }
         }
@@ -197,7 +197,7 @@ impl Shared {
             self.minted.clear();
         }
         let line = self.registry_event("registry.loaded", &next, Some(previous.registry.version), None);
-        self.log.record(&line).await;
+        self.log.record(&line);
         self.follow_signing_key(&next).await;
     }
 
@@ -226,7 +226,7 @@ impl Shared {
             Err(e) => ("key.reload_failed", format!("{e}; keeping {}", held.as_deref().unwrap_or("none"))),
         };
         let line = self.registry_event(event, next, None, Some(clip_detail(&detail)));
-        self.log.record(&line).await;
+        self.log.record(&line);
     }
 }
 
@@ -253,7 +253,7 @@ async fn watch_http(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = http.refetch.notified() => {
                 refetching = true;
                 let line = shared.registry_event("registry.refetch", &shared.registry.load(), None, Some("unknown kid".into()));
-                shared.log.record(&line).await;
+                shared.log.record(&line);
                 http.fetch(&shared.preview, Some(known), None).await
             }
         };
@@ -278,7 +278,7 @@ async fn watch_http(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 http.mark_ok();
                 if last_failure.take().is_some() {
                     let line = shared.registry_event("registry.recovered", &shared.registry.load(), None, None);
-                    shared.log.record(&line).await;
+                    shared.log.record(&line);
                 }
                 backoff = Duration::from_millis(100);
             }
@@ -287,7 +287,7 @@ async fn watch_http(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     let current = shared.registry.load();
                     let detail = clip_detail(&format!("{e}; keeping version {}", current.registry.version));
                     let line = shared.registry_event("registry.fetch_failed", &current, None, Some(detail));
-                    shared.log.record(&line).await;
+                    shared.log.record(&line);
                     last_failure = Some(e);
                 }
                 http.fail_over();

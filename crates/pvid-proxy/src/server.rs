@@ -101,7 +101,7 @@ impl Listener {
             count,
             detail: clip_detail(&detail),
         };
-        self.shared.log.record(&line).await;
+        self.shared.log.record(&line);
     }
 }
 

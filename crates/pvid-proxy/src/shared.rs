@@ -13,7 +13,7 @@ use pvid_core::cache::TokenCache;
 use pvid_core::{Clock, PreviewId, ServiceName, service_identity};
 
 use crate::evidence::EvidenceChain;
-use crate::log::LogSink;
+use crate::log::{LogSink, Origin};
 use crate::metrics::Metrics;
 use crate::otlp;
 use crate::signer::{MintCache, Signer};
@@ -70,7 +70,13 @@ impl Shared {
             Some(path) => Some(EvidenceChain::open(path, config.preview.as_str())?),
             None => None,
         };
-        let log = LogSink::open(&config.log, evidence)?;
+        let metrics = Metrics::default();
+        let origin = Origin {
+            preview: config.preview.as_str().to_owned(),
+            service: config.service.as_str().to_owned(),
+            clock: config.clock.clone(),
+        };
+        let log = LogSink::open(&config.log, config.log_buffer, origin, evidence, metrics.log.clone())?;
         let (snapshot, http) = match &config.registry {
             RegistrySource::File(path) => {
                 let bytes = tokio::fs::read(path)
@@ -89,7 +95,6 @@ impl Shared {
             }
         };
 
-        let metrics = Metrics::default();
         let mut otlp_task = None;
         // The exporter logs its own failures to the plain sink: exporting them would loop.
         let log = match &config.otlp {
@@ -133,7 +138,7 @@ impl Shared {
             otlp_task: std::sync::Mutex::new(otlp_task),
         };
         let current = shared.registry.load();
-        shared.log.record(&shared.registry_event("registry.loaded", &current, None, None)).await;
+        shared.log.record(&shared.registry_event("registry.loaded", &current, None, None));
         Ok(shared)
     }
 }

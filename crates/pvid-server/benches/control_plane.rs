@@ -149,6 +149,7 @@ async fn revocation_propagation(pg: Option<&str>, sidecars: usize, trials: usize
                 signing_key: None,
                 key_source: None,
                 log: LogTarget::File(home.path().join(format!("sidecar-{trial}-{s}.jsonl"))),
+                log_buffer: pvid_proxy::DEFAULT_LOG_BUFFER_LINES,
                 evidence: None,
                 clock: Arc::new(SystemClock),
                 cache: true,

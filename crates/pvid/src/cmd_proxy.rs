@@ -50,6 +50,12 @@ pub struct ProxyArgs {
     /// Append decision lines to this file instead of standard output.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Log lines held for the writer at most; a line that finds the buffer full (a slow disk,
+    /// a stdout reader that stopped reading) is dropped, counted in /metrics and reported in a
+    /// `log.dropped` line. Requests never wait for the log.
+    #[arg(long, value_name = "LINES", default_value_t = pvid_proxy::DEFAULT_LOG_BUFFER_LINES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    log_buffer: usize,
     /// Also append every decision to this hash-chained evidence file (JSONL, mode 0600; one
     /// file per sidecar). Checked at start and continued; `pvid audit verify --file` checks it.
     #[arg(long, value_name = "FILE")]
@@ -136,6 +142,7 @@ pub async fn run(home: &Path, a: ProxyArgs) -> Result<i32, Failure> {
         signing_key,
         key_source,
         log: a.log.map_or(LogTarget::Stdout, LogTarget::File),
+        log_buffer: a.log_buffer,
         evidence: a.evidence,
         clock: if a.dangerous_clock_offset_for_tests == 0.0 {
             Arc::new(SystemClock)

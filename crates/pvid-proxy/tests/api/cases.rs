@@ -87,6 +87,7 @@ async fn request_level_cases_give_their_expected_reasons_through_a_real_sidecar(
         signing_key: None,
         key_source: None,
         log: LogTarget::File(log.clone()),
+        log_buffer: pvid_proxy::DEFAULT_LOG_BUFFER_LINES,
         evidence: None,
         clock: Arc::new(FixedClock(1_796_299_200.0)),
         cache: true,

@@ -260,11 +260,11 @@ async fn a_kid_holding_a_newline_stays_on_one_log_line_and_long_kids_are_cut() {
             send(sidecar.inbound, "POST", "/charge", &[("Authorization", &auth), ("X-Request-Id", rid)], b"").await;
         assert_eq!(reply.json()["reason"], "unknown_kid");
     }
+    assert_eq!(sidecar.decision("kid-nl")["kid"], newline_kid);
+    assert_eq!(sidecar.decision("kid-long")["kid"].as_str().unwrap().chars().count(), 256);
     // log_lines parses every line as JSON: a raw newline would have split one.
     let lines = log_lines(&sidecar.log);
     assert!(lines.iter().all(|l| l["event"] != "forged"));
-    assert_eq!(sidecar.decision("kid-nl")["kid"], newline_kid);
-    assert_eq!(sidecar.decision("kid-long")["kid"].as_str().unwrap().chars().count(), 256);
 }
 
 #[tokio::test]
@@ -286,8 +286,9 @@ async fn the_whole_token_never_appears_in_the_log() {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         send(sidecar.inbound, method, path, &headers, b"").await;
     }
+    let decisions = wait_for_lines(&sidecar.log, requests.len(), |l| l["event"] == "auth.validate");
+    assert_eq!(decisions.len(), requests.len());
     let text = std::fs::read_to_string(&sidecar.log).unwrap();
-    assert_eq!(log_lines(&sidecar.log).iter().filter(|l| l["event"] == "auth.validate").count(), requests.len());
     for t in [&good, &from_worker] {
         assert!(!text.contains(signature_of(t)), "a token signature is in the log");
     }

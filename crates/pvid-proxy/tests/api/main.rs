@@ -5,6 +5,7 @@ mod cases;
 mod egress;
 mod inbound;
 mod limits;
+mod log_buffer;
 mod otlp;
 mod registry;
 mod support;

@@ -112,6 +112,7 @@ fn attr(v: &Value, key: &str) -> Option<String> {
 
 /// The raw text of the single `auth.validate` line of request `rid`.
 fn raw_decision_line(sidecar: &Sidecar, rid: &str) -> String {
+    sidecar.decision(rid);
     let text = std::fs::read_to_string(&sidecar.log).unwrap();
     let lines: Vec<&str> = text
         .lines()

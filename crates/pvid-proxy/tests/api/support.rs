@@ -275,6 +275,7 @@ impl World {
             signing_key: None,
             key_source: None,
             log: LogTarget::File(self.dir.path().join(format!("{service}.log"))),
+            log_buffer: pvid_proxy::DEFAULT_LOG_BUFFER_LINES,
             evidence: None,
             clock,
             cache: true,
@@ -376,7 +377,10 @@ impl Drop for Sidecar {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Ok(log) = std::fs::read(&self.log) {
+        // A regular file only: opening a FIFO nobody writes to any more would never return.
+        if std::fs::metadata(&self.log).is_ok_and(|m| m.is_file())
+            && let Ok(log) = std::fs::read(&self.log)
+        {
             capture("out", "sidecar.log", &log);
         }
     }
@@ -392,9 +396,22 @@ pub fn log_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The lines of `path` for which `pred` holds, once there are at least `n` (bounded wait: the
+/// log is written by the sidecar's writer thread shortly after the response). Blocks the
+/// thread, which is fine: the writer needs no runtime.
+pub fn wait_for_lines(path: &Path, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    for _ in 0..500 {
+        let lines: Vec<Value> = log_lines(path).into_iter().filter(|l| pred(l)).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("fewer than {n} matching lines in {}:\n{}", path.display(), std::fs::read_to_string(path).unwrap_or_default());
+}
+
 fn one_line(path: &Path, event: &str, rid: &str) -> Value {
-    let lines: Vec<Value> =
-        log_lines(path).into_iter().filter(|l| l["event"] == event && l["request_id"] == rid).collect();
+    let lines = wait_for_lines(path, 1, |l| l["event"] == event && l["request_id"] == rid);
     assert_eq!(lines.len(), 1, "exactly one {event} line for {rid}: {lines:#?}");
     lines.into_iter().next().unwrap()
 }

@@ -85,7 +85,24 @@ fn token(key: &SigningKey, aud: &str, iat: f64, iss: &str) -> String {
     sign_compact(key, &h, &json!({"iss": iss, "sub": "api", "aud": aud, "iat": iat, "nbf": iat.min(now()), "exp": iat + 300.0})).unwrap()
 }
 
+/// Waits (bounded) until a log under `home/logs` holds request `rid`: sidecars write their log
+/// from a thread, shortly after the response.
+fn wait_logged(home: &Path, rid: &str) {
+    let needle = format!("\"request_id\":\"{rid}\"");
+    for _ in 0..400 {
+        let logged = std::fs::read_dir(home.join("logs")).into_iter().flatten().flatten().any(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&needle))
+        });
+        if logged {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("no log line for {rid}");
+}
+
 fn explain(home: &Path, rid: &str) -> Value {
+    wait_logged(home, rid);
     let out = pvid(home, &["explain", "--request-id", rid, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     json(&out)
@@ -141,6 +158,7 @@ async fn explains_a_stale_key_with_when_it_was_revoked() {
     let t = token(&s.api, "preview-pr-482-payments", now(), "preview-pr-482-api");
     let (status, body) = send(sc.addr, "POST", "/charge", &t, "rid-stale");
     assert_eq!((status, body["reason"].as_str()), (401, Some("key_revoked")));
+    wait_logged(s.home.path(), "rid-stale");
     let out = pvid(s.home.path(), &["explain", "--request-id", "rid-stale", "--registry", rotated.to_str().unwrap(), "--json"]);
     let x = json(&out);
     assert_eq!(x["cause"], "stale_key");

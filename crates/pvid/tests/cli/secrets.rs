@@ -329,6 +329,13 @@ fn no_output_of_any_command_or_sidecar_log_holds_a_private_key_or_a_whole_token(
     for h in app_heads.lock().unwrap().iter() {
         assert!(!h.to_ascii_lowercase().contains("authorization"), "the app behind the sidecar saw a credential: {h}");
     }
+    // The sidecars write their logs from a thread: let the last lines land before the kill.
+    for _ in 0..400 {
+        if std::fs::read_to_string(&api_log).is_ok_and(|t| t.contains("\"auth.mint\"")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
     outputs.push(("payments sidecar stderr".into(), payments.stop()));
     outputs.push(("api sidecar stderr".into(), api.stop()));
     outputs.push(("payments decision log".into(), std::fs::read_to_string(&payments_log).unwrap()));

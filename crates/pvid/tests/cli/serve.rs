@@ -309,8 +309,10 @@ async fn a_sidecar_fails_closed_once_no_replica_confirmed_the_registry_for_the_b
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(body["reason"], "registry_unavailable");
-    let lines = log_lines(&log);
-    assert!(lines.iter().any(|l| l["reason"] == "registry_unavailable" && l["event"] == "auth.validate"));
+    // The log is written by the sidecar's writer thread, shortly after the response.
+    wait_for("the registry_unavailable decision line", || {
+        log_lines(&log).iter().any(|l| l["reason"] == "registry_unavailable" && l["event"] == "auth.validate").then_some(())
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -337,7 +339,10 @@ async fn a_storm_of_unknown_kids_asks_the_control_plane_for_one_refetch() {
     for _ in 0..50 {
         assert_eq!(http("POST", &url, Some(&forged), "").await.0, 401);
     }
-    let lines = log_lines(&log);
+    let lines = wait_for("100 decision lines", || {
+        let lines = log_lines(&log);
+        (lines.iter().filter(|l| l["reason"] == "unknown_kid").count() >= 100).then_some(lines)
+    });
     assert_eq!(lines.iter().filter(|l| l["reason"] == "unknown_kid").count(), 100);
     assert_eq!(lines.iter().filter(|l| l["event"] == "registry.refetch").count(), 1);
 }
