@@ -2,7 +2,7 @@
 //! every secret that is not the private half of its service's active key, and every Transit key
 //! that is not the signing half of its service's active key. `sweep` removes them.
 
-use pvid_core::{CredentialMode, KeyCustody, PreviewId, PreviewState};
+use pvid_core::{KeyCustody, PreviewId, PreviewState};
 use pvid_store::{KeySlot, KeyState, SecretPath, StoredKey, TransitKeyName};
 use serde::Serialize;
 use serde_json::json;
@@ -98,8 +98,11 @@ impl Control {
         // The shared credential belongs to no preview: it is an orphan once no active preview
         // uses it.
         let shared = SecretPath::shared();
-        if self.secrets.get(&shared).await?.is_some() {
-            let used = self.state.previews().await?.iter().any(|p| p.state == PreviewState::Active && p.config.mode == CredentialMode::Shared);
+        if let Some(bytes) = self.secrets.get(&shared).await? {
+            // Used while an active preview has a live key made of it (a shared-mode preview, or
+            // one whose migration away from it is not finished).
+            let stored = StoredKey::from_bytes(&shared, &bytes)?;
+            let used = !self.previews_using(&stored, None).await?.is_empty();
             if !used {
                 out.push(Orphan {
                     kind: OrphanKind::Secret,
@@ -108,7 +111,7 @@ impl Control {
                     kid: None,
                     path: Some(shared.to_string()),
                     transit_key: None,
-                    why: "shared credential, and no active preview has mode: shared".into(),
+                    why: "shared credential, and no active preview signs with it".into(),
                 });
             }
         }

@@ -61,9 +61,11 @@ pub enum LifecycleError {
     /// The previous rotation of a service is still in its overlap.
     #[error(
         "{service} of {preview} is still in the overlap of its last rotation: key {kid} is accepted until {until}; \
-         rotate again after that, or now with --emergency (which refuses that key at once)"
+         rotate again after that, or now with --emergency (which refuses that key at once){resume}"
     )]
     RotationInProgress {
+        /// How to finish services whose rotation was interrupted before its switch, if any.
+        resume: String,
         /// The preview.
         preview: String,
         /// The service.
@@ -74,7 +76,7 @@ pub enum LifecycleError {
         until: String,
     },
     /// The shared credential is of another algorithm than the spec asks for.
-    #[error("the shared credential is {shared}; preview {preview} asks for {wanted} (use `algorithm: {shared}` with `mode: shared`)")]
+    #[error("algorithm: the shared credential is {shared}, in use by {users}; preview {preview} asks for {wanted} (use `algorithm: {shared}` with `mode: shared`)")]
     SharedAlgorithm {
         /// The preview.
         preview: String,
@@ -82,6 +84,8 @@ pub enum LifecycleError {
         shared: String,
         /// The spec's.
         wanted: String,
+        /// The active previews signing with it.
+        users: String,
     },
     /// A shared-mode preview is rotated by leaving the shared credential.
     #[error("preview {0} uses the shared credential (mode: shared); move it to its own keys with `pvid migrate {0} --to per-service`")]

@@ -201,6 +201,8 @@ impl Control {
             }
         }
         let mut fresh: Vec<(ServiceName, SecretPath, SigningKey)> = Vec::new();
+        // `mode: shared`: the one key pair, fetched (or made) once for every service.
+        let mut shared: Option<StoredKey> = None;
         for svc in &config.services {
             let path = SecretPath::private_key(id, &svc.name);
             let stored_kid = match self.secrets.get(&path).await? {
@@ -243,7 +245,13 @@ impl Control {
             let key = match config.mode {
                 CredentialMode::PerService => SigningKey::generate(config.algorithm, kid.clone())
                     .map_err(|e| LifecycleError::KeyGen { service: svc.name.to_string(), reason: e.to_string() })?,
-                CredentialMode::Shared => self.shared_key(id, config.algorithm, kid.clone()).await?,
+                CredentialMode::Shared => {
+                    if shared.is_none() {
+                        shared = Some(self.shared_key(id, config.algorithm).await?);
+                    }
+                    let stored = shared.as_ref().unwrap_or_else(|| unreachable!("set just above"));
+                    StoredKey { kid: kid.clone(), alg: stored.alg, pkcs8: stored.pkcs8.clone() }.to_signing_key(&SecretPath::shared())?
+                }
             };
             fresh.push((svc.name.clone(), path, key));
         }
@@ -272,14 +280,34 @@ impl Control {
         Ok(())
     }
 
-    /// The shared credential of `mode: shared` (at `shared/private-key`, created on first use)
-    /// under the service's own `kid`: the registry still names a service per kid, but every kid
-    /// of every shared-mode preview is the same key pair.
-    async fn shared_key(&self, id: &PreviewId, alg: Algorithm, kid: String) -> Result<SigningKey, LifecycleError> {
+    /// The shared credential of `mode: shared` (at `shared/private-key`, created on first use).
+    /// Each service signs with it under a kid of its own: the registry still names a service per
+    /// kid, but every kid of every shared-mode preview is the same key pair.
+    async fn shared_key(&self, id: &PreviewId, alg: Algorithm) -> Result<StoredKey, LifecycleError> {
         let path = SecretPath::shared();
-        let stored = match self.secrets.get(&path).await? {
-            Some(bytes) => StoredKey::from_bytes(&path, &bytes)?,
-            None => {
+        let existing = match self.secrets.get(&path).await? {
+            Some(bytes) => Some(StoredKey::from_bytes(&path, &bytes)?),
+            None => None,
+        };
+        // A shared key no other live preview signs with is replaced, not reused: whoever held it
+        // (a preview torn down or migrated away) must not hold the next preview's key too.
+        let users = match &existing {
+            Some(stored) => self.previews_using(stored, Some(id)).await?,
+            None => Vec::new(),
+        };
+        let stored = match existing {
+            Some(stored) if !users.is_empty() => {
+                if stored.alg != alg {
+                    return Err(LifecycleError::SharedAlgorithm {
+                        preview: id.to_string(),
+                        shared: stored.alg.to_string(),
+                        wanted: alg.to_string(),
+                        users: users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    });
+                }
+                stored
+            }
+            _ => {
                 let key = SigningKey::generate(alg, format!("shared-{}", random_suffix(10)))
                     .map_err(|e| LifecycleError::KeyGen { service: "(shared)".into(), reason: e.to_string() })?;
                 let stored = StoredKey::from_signing_key(&key);
@@ -288,10 +316,29 @@ impl Control {
                 stored
             }
         };
-        if stored.alg != alg {
-            return Err(LifecycleError::SharedAlgorithm { preview: id.to_string(), shared: stored.alg.to_string(), wanted: alg.to_string() });
-        }
-        Ok(StoredKey { kid, alg: stored.alg, pkcs8: stored.pkcs8 }.to_signing_key(&path)?)
+        self.state.append_evidence(id, "shared_key.used", json!({"path": path.to_string(), "shared_with": users})).await?;
+        Ok(stored)
+    }
+
+    /// The previews that sign with a key made of the shared key: active ones, and `also` in any
+    /// state (a provision resumed after a crash keeps the key its first run used).
+    pub(crate) async fn previews_using(&self, shared: &StoredKey, also: Option<&PreviewId>) -> Result<Vec<PreviewId>, LifecycleError> {
+        let public = StoredKey { kid: shared.kid.clone(), alg: shared.alg, pkcs8: shared.pkcs8.clone() }
+            .to_signing_key(&SecretPath::shared())?
+            .public_jwk();
+        let active: Vec<PreviewId> =
+            self.state.previews().await?.into_iter().filter(|p| p.state == PreviewState::Active || Some(&p.id) == also).map(|p| p.id).collect();
+        let mut users: Vec<PreviewId> = self
+            .state
+            .unrevoked_keys()
+            .await?
+            .into_iter()
+            // A retiring key is only accepted, never signed with: it does not need the secret.
+            .filter(|k| k.state != KeyState::Retiring && active.contains(&k.preview_id) && same_public_key(&k.jwk, &public))
+            .map(|k| k.preview_id)
+            .collect();
+        users.dedup();
+        Ok(users)
     }
 
     /// Makes sure every service of `config` has exactly one active key whose private half is a

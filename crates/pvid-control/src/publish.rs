@@ -73,8 +73,15 @@ pub fn build_registry(rec: &PreviewRecord, keys: &[KeyRecord]) -> Registry {
         jwks,
         revoked,
         retiring,
-        shared_credentials: rec.config.mode == pvid_core::CredentialMode::Shared,
+        // Also while a migration away from `mode: shared` has not switched every service yet.
+        shared_credentials: rec.config.mode == pvid_core::CredentialMode::Shared || shares_key_material(keys),
     }
+}
+
+/// Whether two services sign with the same key pair (the active keys of a shared credential).
+fn shares_key_material(keys: &[KeyRecord]) -> bool {
+    let active: Vec<&KeyRecord> = keys.iter().filter(|k| k.state == KeyState::Active).collect();
+    active.iter().enumerate().any(|(i, a)| active[i + 1..].iter().any(|b| b.service != a.service && crate::same_public_key(&a.jwk, &b.jwk)))
 }
 
 /// Key states verifiers accept: the signing key, and during a rotation the new key published

@@ -82,7 +82,17 @@ impl Control {
         // Refuse before changing anything: one service in its overlap stops the whole run.
         if !emergency {
             if let Some(k) = keys.iter().find(|k| k.state == KeyState::Retiring && services.contains(&k.service)) {
+                let unfinished: Vec<String> = keys
+                    .iter()
+                    .filter(|n| n.state == KeyState::Next && services.contains(&n.service))
+                    .map(|n| format!("pvid rotate {id} --service {}", n.service))
+                    .collect();
+                let resume = match unfinished.as_slice() {
+                    [] => String::new(),
+                    cmds => format!(". Interrupted before its switch, so finish it now: {}", cmds.join("; ")),
+                };
                 return Err(LifecycleError::RotationInProgress {
+                    resume,
                     preview: id.to_string(),
                     service: k.service.to_string(),
                     kid: k.kid.clone(),

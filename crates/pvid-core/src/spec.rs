@@ -337,13 +337,13 @@ impl SpecError {
         }
         // Nested errors start with the dotted path ("services.api: ..."); top-level ones do not,
         // so the key written on the error's line names the field.
-        let mut field = match message.split_once(": ") {
+        let (mut field, from_path) = match message.split_once(": ") {
             Some((f, m)) if !f.contains(' ') && !f.contains('`') => {
                 let f = f.to_owned();
                 message = m.to_owned();
-                f
+                (f, true)
             }
-            _ => line.and_then(|l| key_on_line(text, l)).unwrap_or_else(|| "(document)".to_owned()),
+            _ => (line.and_then(|l| key_on_line(text, l)).unwrap_or_else(|| "(document)".to_owned()), false),
         };
         message = message.replace("struct RawSpec", "a mapping with preview, algorithm, token_ttl, ttl, key_custody, rotation_period, mode and services");
         message = message.replace("struct RawService", "a mapping with address, calls and accept_preview_audience");
@@ -361,9 +361,8 @@ impl SpecError {
                 .nth(1)
         {
             line = Some(second);
-            if field == "(document)" || field.is_empty() {
-                field = key.to_owned();
-            }
+            // The error's own line is where the mapping starts: name the duplicated key.
+            field = if from_path { format!("{field}.{key}") } else { key.to_owned() };
         }
         // A duplicate is reported where the mapping starts; point at the second occurrence.
         if let Some(name) = message.strip_prefix("duplicate service `").and_then(|m| m.strip_suffix('`')) {

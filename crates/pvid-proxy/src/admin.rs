@@ -59,7 +59,10 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 // sidecar follows rotations, but a preview torn down and provisioned again
                 // under the same id leaves it signing with a revoked key.
                 "signing_kid": signer.as_ref().map(|k| k.kid().to_owned()),
-                "signing_key_live": signer.as_ref().map(|k| snapshot.kids_of(&shared.service).iter().any(|kid| kid == k.kid())),
+                // Live: published for this service and not past the end of a rotation's overlap.
+                "signing_key_live": signer.as_ref().map(|k| {
+                    snapshot.kids_of(&shared.service).iter().any(|kid| kid == k.kid()) && !snapshot.verifier.is_revoked_at(k.kid(), now)
+                }),
             })
             .to_string(),
         ),

@@ -125,6 +125,22 @@ pub(crate) struct RegistryEvent<'a> {
     pub error: Option<String>,
 }
 
+/// `event: "key.loaded"` (the sidecar signs with the key the registry names now) or
+/// `"key.reload_failed"` (it could not get that key and keeps signing with `previous_kid`).
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyEvent<'a> {
+    pub ts: String,
+    pub event: &'static str,
+    pub preview_id: &'a str,
+    pub service: &'a str,
+    /// The key the registry says to sign with.
+    pub kid: &'a str,
+    /// The key signed with until now.
+    pub previous_kid: Option<String>,
+    pub registry_version: u64,
+    pub error: Option<String>,
+}
+
 /// `event: "conn.limit"`: a connection or request refused or closed by a limit before (or
 /// instead of) an auth decision: `header_too_large` 431, `bad_request` 400, `header_timeout` 408,
 /// `too_many_connections` 503, `idle_timeout` (closed, no status).

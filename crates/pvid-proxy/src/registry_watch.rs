@@ -17,7 +17,7 @@ use pvid_core::{Policy, PreviewId, Registry, ServiceName, Verifier};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::log::{RegistryEvent, clip_detail, rfc3339_millis};
+use crate::log::{KeyEvent, RegistryEvent, clip_detail, clip_field, rfc3339_millis};
 use crate::registry_source::{Fetched, HttpWatch, MAX_BACKOFF, RegistrySource};
 use crate::server::stopped;
 use crate::shared::Shared;
@@ -211,21 +211,26 @@ impl Shared {
         if held.as_deref() == Some(wanted) {
             return;
         }
-        let (event, detail) = match source.load().await {
+        let failed = match source.load().await {
             Ok(key) if key.kid() == wanted => {
-                let detail = format!("signing with {wanted} (was {})", held.as_deref().unwrap_or("none"));
                 *self.signing_key.write().unwrap_or_else(PoisonError::into_inner) = Some(key);
                 // Tokens of the old key are not handed out again.
                 self.minted.clear();
-                ("key.loaded", detail)
+                None
             }
-            Ok(key) => (
-                "key.reload_failed",
-                format!("the key store holds {}, the registry signs with {wanted}; keeping {}", key.kid(), held.as_deref().unwrap_or("none")),
-            ),
-            Err(e) => ("key.reload_failed", format!("{e}; keeping {}", held.as_deref().unwrap_or("none"))),
+            Ok(key) => Some(format!("the key store holds {}, not {wanted}", clip_field(key.kid()))),
+            Err(e) => Some(e),
         };
-        let line = self.registry_event(event, next, None, Some(clip_detail(&detail)));
+        let line = KeyEvent {
+            ts: rfc3339_millis(self.clock.now()),
+            event: if failed.is_none() { "key.loaded" } else { "key.reload_failed" },
+            preview_id: self.preview.as_str(),
+            service: self.service.as_str(),
+            kid: wanted,
+            previous_kid: held,
+            registry_version: next.registry.version,
+            error: failed.map(|e| clip_detail(&format!("{e}; still signing with the previous key"))),
+        };
         self.log.record(&line);
     }
 }

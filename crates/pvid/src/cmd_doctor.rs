@@ -76,7 +76,7 @@ pub async fn run(home: &Path, a: DoctorArgs) -> Result<i32, Failure> {
             fix: format!("provision it again (pvid up) or stop its services"),
         });
     }
-    if reg.shared_credentials {
+    if reg.shared_credentials && !reg.state.is_gone() {
         findings.push(Finding {
             check: "shared_credentials",
             service: "-".into(),

@@ -262,7 +262,7 @@ pub async fn show(home: &Path, srv: &ServerArgs, a: ShowArgs) -> Result<i32, Fai
             "{}",
             json!({"preview": rec.id, "state": rec.state, "version": rec.version, "algorithm": rec.config.algorithm,
                    "key_custody": rec.config.key_custody, "secrets": backend.secrets_location(),
-                   "token_ttl_s": rec.config.token_ttl_s, "created_at": rfc3339(rec.created_at), "updated_at": rfc3339(rec.updated_at),
+                   "token_ttl_s": rec.config.token_ttl_s, "rotation_period_s": rec.config.rotation_period_s, "mode": rec.config.mode, "created_at": rfc3339(rec.created_at), "updated_at": rfc3339(rec.updated_at),
                    "expires_at": rec.expires_at.map(rfc3339), "services": services, "policy": policy})
         );
         return Ok(0);
@@ -279,9 +279,16 @@ pub async fn show(home: &Path, srv: &ServerArgs, a: ShowArgs) -> Result<i32, Fai
             outln!("{:<12} {:<28} {:<22} {:<10} {}", name, e.issuer, k.kid, k.state.as_str(), e.address.as_deref().unwrap_or("-"));
         }
     }
+    if let Some(period) = rec.config.rotation_period_s {
+        outln!("rotation_period {period}s (pvid serve rotates each key when it is that old)");
+    }
     for k in keys.iter().filter(|k| k.state == pvid_store::KeyState::Retiring) {
-        let until = k.retire_at.map_or_else(|| "?".to_owned(), rfc3339);
-        outln!("rotation: {} of {} is accepted until {until}, then refused with key_revoked", k.kid, k.service);
+        let until = k.retire_at.unwrap_or_default();
+        if until > pvid_store::state::unix_now() {
+            outln!("rotation: {} of {} is accepted until {}, then refused with key_revoked", k.kid, k.service, rfc3339(until));
+        } else {
+            outln!("rotation: {} of {} is refused (key_revoked) since {}; the next pvid rotate or pvid serve pass revokes it", k.kid, k.service, rfc3339(until));
+        }
     }
     outln!("policy (everything else is denied):");
     for r in &reg.policy {
@@ -416,7 +423,7 @@ pub async fn audit(home: &Path, srv: &ServerArgs, a: AuditCommand) -> Result<i32
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(unix: i64) -> String {
-    rfc3339_ms(unix * 1000)
+    rfc3339_ms(unix.saturating_mul(1000))
 }
 
 fn rfc3339_ms(ms: i64) -> String {

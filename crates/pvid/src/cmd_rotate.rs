@@ -29,7 +29,8 @@ pub struct RotateArgs {
     pub service: Option<ServiceName>,
     /// The old key leaked: sign with the new key at once and refuse the old key's tokens now.
     /// Calls that still carry them fail with `key_revoked` until their callers mint again.
-    #[arg(long)]
+    /// (No publish delay and no overlap: --publish-delay, --overlap and --wait do not apply.)
+    #[arg(long, conflicts_with_all = ["publish_delay", "overlap", "wait"])]
     pub emergency: bool,
     #[command(flatten)]
     pub switch: SwitchArgs,
@@ -102,6 +103,10 @@ pub async fn migrate(home: &Path, srv: &ServerArgs, a: MigrateArgs) -> Result<i3
     run(home, srv, &a.id, Begin::Migrate, &a.switch).await
 }
 
+/// Longest overlap accepted: a week. Tokens live an hour at most; more only keeps a replaced key
+/// alive, and blocks the next rotation for as long.
+const MAX_OVERLAP_S: u64 = 7 * 86_400;
+
 async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a: &SwitchArgs) -> Result<i32, Failure> {
     if srv.is_remote() {
         return Err(invalid(anyhow!(
@@ -113,8 +118,18 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
         Begin::Rotate { service, emergency } => (service, emergency),
         Begin::Migrate => (None, false),
     };
+    let me = match begin {
+        Begin::Rotate { .. } => "pvid rotate",
+        Begin::Migrate => "pvid migrate",
+    };
+    // Flags are checked before anything changes.
+    let acks = ack_urls(&a.ack)?;
+    if let Some(o) = a.overlap.filter(|o| o.as_secs() > MAX_OVERLAP_S) {
+        return Err(invalid(anyhow!("--overlap {}s is longer than the {MAX_OVERLAP_S}s (7 days) accepted", o.as_secs())));
+    }
+    refuse_foreign_sidecars(&acks, id).await?;
     // Step 1, under the home lock: publish the new keys.
-    let (published, version, overlap_s) = {
+    let (published, version, overlap_s, safe_overlap_s) = {
         let _lock = context::lock(home, false)?;
         let control = context::open(home).await?;
         let published = match begin {
@@ -123,44 +138,65 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
         };
         let reg = control.registry(id).await?;
         control.state().close().await;
-        let overlap_s = a.overlap.map_or_else(|| pvid_control::default_overlap_s(reg.token_ttl_s), |d| d.as_secs());
-        (published, reg.version, overlap_s)
+        let safe = pvid_control::default_overlap_s(reg.token_ttl_s);
+        (published, reg.version, a.overlap.map_or(safe, |d| d.as_secs()), safe)
     };
     for p in &published {
         let how = if p.created { "published" } else { "already published (earlier run)" };
-        eprintln!("pvid rotate: {} new key {} {how} in registry version {version}", p.service, p.kid);
+        eprintln!("{me}: {} new key {} {how} in registry version {version}", p.service, p.kid);
+    }
+    if !emergency && overlap_s < safe_overlap_s {
+        eprintln!(
+            "{me}: warning: --overlap {overlap_s}s is shorter than the token lifetime plus leeway ({safe_overlap_s}s): \
+             tokens signed just before the switch will be refused (key_revoked) while still unexpired"
+        );
     }
     // Step 2: wait until verifiers hold the new key, unless it is an emergency.
     let acknowledged = if emergency {
         false
-    } else if a.ack.is_empty() {
-        eprintln!("pvid rotate: waiting {:?} (--publish-delay) for verifiers to load version {version}", a.publish_delay);
+    } else if acks.is_empty() {
+        eprintln!("{me}: waiting {:?} (--publish-delay) for verifiers to load version {version}", a.publish_delay);
         tokio::time::sleep(a.publish_delay).await;
         false
     } else {
-        wait_for_ack(&a.ack, version, a.ack_timeout).await?;
+        let then = "the new key is published, nobody signs with it yet: run the same command again to finish";
+        wait_for_ack(me, &acks, id, version, a.ack_timeout, then).await?;
         true
     };
     // Step 3: switch signing.
-    let switched = {
+    let (switched, switched_version) = {
         let _lock = context::lock(home, false)?;
         let control = context::open(home).await?;
         let switched = control.switch_signing(id, service, overlap_s, emergency).await?;
+        let version = control.registry(id).await?.version;
         control.state().close().await;
-        switched
+        (switched, version)
     };
     crate::cmd_token::forget_cached_tokens(home, id);
+    // With --ack, return once the sidecars hold the switch too: for an emergency that is the
+    // version that refuses the leaked key.
+    if !acks.is_empty() && !switched.is_empty() {
+        let then = "signing has switched; that sidecar still runs an older registry (check it: pvid doctor --sidecar URL)";
+        wait_for_ack(me, &acks, id, switched_version, a.ack_timeout, then).await?;
+    }
     let mut retired = Vec::new();
+    let mut torn_down = false;
     if a.wait && !emergency {
         if let Some(until) = switched.iter().map(|s| s.old_key_until).max() {
             let left = (until - unix_now()).max(0) as u64;
-            eprintln!("pvid rotate: waiting {left} s for the overlap to end ({})", rfc3339(until));
+            eprintln!("{me}: waiting {left} s for the overlap to end ({})", rfc3339(until));
             tokio::time::sleep(Duration::from_secs(left)).await;
             let _lock = context::lock(home, false)?;
             let control = context::open(home).await?;
-            retired = control.retire_due(id, unix_now()).await?;
+            torn_down = control.registry(id).await?.state.is_gone();
+            if !torn_down {
+                retired = control.retire_due(id, unix_now()).await?;
+            }
             control.state().close().await;
         }
+    }
+    if torn_down {
+        eprintln!("{me}: preview {id} was torn down during the overlap: every key of it is revoked");
     }
 
     if a.json {
@@ -172,8 +208,10 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
         outln!(
             "{}",
             json!({"preview": id, "migrated": matches!(begin, Begin::Migrate), "emergency": emergency, "published_version": version,
+                   "switched_version": switched_version,
                    "switch_after": if emergency { "now" } else if acknowledged { "acknowledged" } else { "publish_delay" },
-                   "overlap_s": if emergency { 0 } else { overlap_s }, "services": services, "retired": retired})
+                   "overlap_s": if emergency { 0 } else { overlap_s }, "services": services, "retired": retired,
+                   "torn_down": torn_down})
         );
         return Ok(0);
     }
@@ -191,6 +229,8 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
         let old = s.old_kid.as_deref().unwrap_or("none");
         if emergency {
             outln!("  {:<12} signs with {}; {old} refused from now on (key_revoked)", s.service, s.new_kid);
+        } else if torn_down {
+            outln!("  {:<12} signed with {} until the preview was torn down", s.service, s.new_kid);
         } else if retired.contains(&old.to_owned()) {
             outln!("  {:<12} signs with {}; {old} revoked after its overlap", s.service, s.new_kid);
         } else {
@@ -202,20 +242,62 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
             );
         }
     }
+    if !emergency && !a.wait {
+        // Sidecars refuse the old key on time by the registry's `retiring` list; a verifier that
+        // reads only the JWKS cannot see it and accepts the key until it leaves the JWKS.
+        outln!("the old keys leave the JWKS when the next `pvid rotate` or `pvid serve` pass (or `--wait`) revokes them");
+    }
     if matches!(begin, Begin::Migrate) {
         outln!("next: set `mode: per-service` in the spec (pvid up compares it with the stored one)");
     }
     Ok(0)
 }
 
-/// Polls each sidecar's `/healthz` until it reports registry version `version` or later.
-async fn wait_for_ack(urls: &[String], version: u64, timeout: Duration) -> Result<(), Failure> {
+/// The `--ack` URLs, checked: `http://host:port`, nothing else (exit 2 before anything changes).
+fn ack_urls(raw: &[String]) -> Result<Vec<String>, Failure> {
+    raw.iter()
+        .map(|u| {
+            let base = u.trim().trim_end_matches('/');
+            let hostport = base.strip_prefix("http://").unwrap_or("");
+            let ok = hostport.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if ok {
+                Ok(base.to_owned())
+            } else {
+                Err(invalid(anyhow!("--ack `{}` is not a sidecar admin URL (http://host:port)", u.escape_debug())))
+            }
+        })
+        .collect()
+}
+
+/// A `--ack` sidecar that answers now and serves another preview is a mistake in the command:
+/// refused before anything changes. (One that does not answer yet is waited for later.)
+async fn refuse_foreign_sidecars(urls: &[String], id: &PreviewId) -> Result<(), Failure> {
+    let client = http_util::client();
+    for base in urls {
+        let url = format!("{base}/healthz");
+        if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(2), http_util::call(&client, "GET", &url, &[])).await {
+            if let Some(other) = a.body["preview"].as_str().filter(|p| *p != id.as_str()) {
+                return Err(invalid(anyhow!("--ack {base} is a sidecar of preview {other}, not {id}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls each sidecar's `/healthz` until it reports registry version `version` or later. A
+/// sidecar of another preview is refused at once: its versions count another registry.
+async fn wait_for_ack(me: &str, urls: &[String], id: &PreviewId, version: u64, timeout: Duration, then: &str) -> Result<(), Failure> {
     let client = http_util::client();
     let deadline = tokio::time::Instant::now() + timeout;
-    for url in urls {
-        let base = url.trim_end_matches('/');
+    for base in urls {
         loop {
             let last = match http_util::call(&client, "GET", &format!("{base}/healthz"), &[]).await {
+                Ok(a) if a.status == 200 && a.body["preview"].as_str().is_some_and(|p| p != id.as_str()) => {
+                    return Err(invalid(anyhow!(
+                        "--ack {base} is a sidecar of preview {}, not {id}: its registry versions say nothing about {id}",
+                        a.body["preview"].as_str().unwrap_or("?")
+                    )));
+                }
                 Ok(a) if a.status == 200 => match a.body["registry_version"].as_u64() {
                     Some(v) if v >= version => break,
                     Some(v) => format!("it holds version {v}"),
@@ -226,13 +308,12 @@ async fn wait_for_ack(urls: &[String], version: u64, timeout: Duration) -> Resul
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(operational(anyhow!(
-                    "sidecar {base} did not acknowledge registry version {version} within {timeout:?} ({last}); \
-                     the new key is published but unused: run pvid rotate again to finish"
+                    "sidecar {base} did not acknowledge registry version {version} within {timeout:?} ({last}); {then}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        eprintln!("pvid rotate: {base} holds registry version {version} or later");
+        eprintln!("{me}: {base} holds registry version {version} or later");
     }
     Ok(())
 }

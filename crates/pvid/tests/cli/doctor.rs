@@ -221,3 +221,38 @@ fn stored_key(home: &Path, service: &str) -> Vec<u8> {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(store.get(&path)).unwrap().unwrap().to_vec()
 }
+
+#[test]
+fn doctor_finds_a_key_file_sidecar_left_on_a_rotated_out_key_once_its_overlap_ends() {
+    // Found by a fresh-eyes review: after a rotation, a sidecar whose --key-file nobody replaced
+    // kept signing with the old key; once the overlap ended every call it made was refused, and
+    // /healthz still said `signing_key_live: true`, doctor "clean".
+    let home = tempfile::tempdir().unwrap();
+    up(home.path());
+    let key_file = home.path().join("worker.key");
+    std::fs::write(&key_file, stored_key(home.path(), "worker")).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let registry = home.path().join("previews/pr-482/registry.json");
+    let egress = free_port().to_string();
+    let sc = sidecar_with(home.path(), "worker", "0", &registry, &["--egress", &egress, "--key-file", key_file.to_str().unwrap()]);
+    let admin = format!("http://{}", sc.admin);
+    let out = pvid(home.path(), &["rotate", "pr-482", "--service", "worker", "--publish-delay", "0s", "--overlap", "1s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        let out = pvid(home.path(), &["doctor", "--preview", "pr-482", "--sidecar", &admin, "--json"]);
+        last = json(&out);
+        let checks: Vec<&str> = last["findings"].as_array().unwrap().iter().filter_map(|f| f["check"].as_str()).collect();
+        if checks == ["stale_signing_key"] {
+            assert_eq!(out.status.code(), Some(1));
+            let (_, health) = get(sc.admin, "/healthz", None);
+            let h: serde_json::Value = serde_json::from_str(&health).unwrap();
+            assert_eq!(h["signing_key_live"], false, "{h}");
+            let log = std::fs::read_to_string(home.path().join("worker.jsonl")).unwrap();
+            assert!(log.contains("\"event\":\"key.reload_failed\""), "the sidecar said why it kept the old key");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("doctor never named the stale key: {last}");
+}

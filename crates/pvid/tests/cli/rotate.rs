@@ -176,6 +176,11 @@ fn calls_keep_flowing_through_a_rotation_and_only_tokens_older_than_the_overlap_
         })
     };
     std::thread::sleep(Duration::from_millis(300));
+    // A sidecar of another preview acknowledges nothing about this one: refused up front.
+    up_with(live.path(), "pr-9", "", free_port(), free_port());
+    let foreign = pvid(live.path(), &["rotate", "pr-9", "--ack", &live.admins[0]]);
+    assert_eq!(foreign.status.code(), Some(2), "{}", stderr(&foreign));
+    assert!(stderr(&foreign).contains("is a sidecar of preview pr-7, not pr-9"), "{}", stderr(&foreign));
     let ack = live.admins.join(",");
     let rotated = live.rotate(&["--ack", &ack, "--overlap", "2s"]);
     let api = rotated["services"].as_array().unwrap().iter().find(|s| s["service"] == "api").unwrap().clone();
@@ -246,8 +251,12 @@ fn an_emergency_rotation_refuses_the_old_key_at_once_and_calls_recover() {
     let live = Live::start();
     let old_token = live.mint();
     assert_eq!(get(live.worker, "/ping", Some(&old_token)).0, 200);
-    let rotated = live.rotate(&["--emergency", "--service", "api"]);
+    // With --ack the command returns once the sidecars hold the version that refuses the key
+    // (found by a fresh-eyes review: it used to return on the version that published the new one).
+    let rotated = live.rotate(&["--emergency", "--service", "api", "--ack", &live.admins.join(",")]);
     assert_eq!((rotated["emergency"].clone(), rotated["overlap_s"].clone()), (true.into(), 0.into()));
+    let (status, body) = get(live.worker, "/ping", Some(&old_token));
+    assert_eq!((status, reason(&body)), (401, "key_revoked".into()), "refused as soon as the command returned");
 
     // Sidecars poll the registry file every 200 ms: bounded waits, not sleeps.
     let within = |what: &str, ok: &dyn Fn() -> bool| {
@@ -310,6 +319,11 @@ fn rotations_that_cannot_run_are_input_errors_and_change_nothing() {
         (vec!["rotate", "pr-7", "--publish-delay", "0s"], "still in the overlap"),
         (vec!["rotate", "pr-7", "--service", "nope"], "has no service nope"),
         (vec!["rotate", "pr-404"], "does not exist"),
+        // Flags are checked before anything changes (fresh-eyes review findings).
+        (vec!["rotate", "pr-7", "--emergency", "--ack", "notaurl"], "is not a sidecar admin URL"),
+        (vec!["rotate", "pr-7", "--emergency", "--ack", ""], "is not a sidecar admin URL"),
+        (vec!["rotate", "pr-7", "--emergency", "--overlap", "10m"], "cannot be used with"),
+        (vec!["rotate", "pr-7", "--overlap", "8d"], "longer than the 604800s"),
     ] {
         let out = pvid(home.path(), &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -402,6 +416,13 @@ fn shared_mode_warns_works_and_a_migration_keeps_calls_flowing() {
     let orphans = pvid(live.path(), &["audit", "orphans", "--json"]);
     assert_eq!(orphans.status.code(), Some(1));
     assert!(stdout(&orphans).contains("shared/private-key"), "{}", stdout(&orphans));
+    // A shared key nobody signs with any more is replaced, not handed to the next shared
+    // preview (fresh-eyes review: it was silently reused).
+    up_with(live.path(), "pr-10", "mode: shared\n", free_port(), free_port());
+    let fresh = public_xs(live.path(), "pr-10");
+    assert!(fresh.iter().all(|x| *x == fresh[0] && *x != shared[0]), "{fresh:?} vs the old shared key {}", shared[0]);
+    assert_eq!(pvid(live.path(), &["audit", "orphans"]).status.code(), Some(0));
+    assert_eq!(pvid(live.path(), &["down", "pr-10"]).status.code(), Some(0));
     assert_eq!(pvid(live.path(), &["audit", "orphans", "--sweep"]).status.code(), Some(0));
     assert!(!live.path().join("secrets/shared/private-key.sealed").exists());
     assert_eq!(json(&pvid(live.path(), &["audit", "verify", "--json"]))["result"], "ok");

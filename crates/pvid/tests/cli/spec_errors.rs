@@ -21,6 +21,12 @@ fn each_bad_spec_names_file_line_and_field_with_exit_code_2() {
         ("preview: pr-1\nalgorithm: HS256\nservices:\n  api: {}\n", ":2: algorithm: unsupported algorithm `HS256`"),
         ("preview: pr-1\ntoken_ttl: soon\nservices:\n  api: {}\n", ":2: token_ttl: `soon` is not a duration"),
         ("preview: pr-1\nservices: {}\n", ":2: services: empty"),
+        // Found by a fresh-eyes review: a duplicate top-level key was blamed on `preview`.
+        ("preview: pr-1\nmode: shared\nmode: shared\nservices:\n  api: {}\n", ":3: mode: duplicate field `mode`"),
+        ("services:\n  api:\n    calls: []\n    calls: []\n", ":4: services.api.calls: duplicate field `calls`"),
+        ("preview: pr-1\nmode: solo\nservices:\n  api: {}\n", ":2: mode: unknown mode `solo`"),
+        ("preview: pr-1\ntoken_ttl: 5m\nrotation_period: 10m\nservices:\n  api: {}\n", ":3: rotation_period: 600s is shorter than twice the overlap"),
+        ("preview: pr-1\nmode: shared\nkey_custody: transit\nservices:\n  api: {}\n", ":2: mode: a shared credential is one exportable key"),
     ];
     for (spec, want) in cases {
         let (code, err, _home) = up_with(spec);
