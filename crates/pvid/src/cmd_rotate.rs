@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use clap::Args;
 use pvid_core::explain::rfc3339;
 use pvid_core::{PreviewId, ServiceName};
+use pvid_store::KeyState;
 use pvid_store::state::unix_now;
 use serde_json::json;
 use std::path::Path;
@@ -128,6 +129,11 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
         return Err(invalid(anyhow!("--overlap {}s is longer than the {MAX_OVERLAP_S}s (7 days) accepted", o.as_secs())));
     }
     refuse_foreign_sidecars(&acks, id).await?;
+    if a.wait && !emergency {
+        if let Some(code) = finish_waiting(home, id, service, a.json).await? {
+            return Ok(code);
+        }
+    }
     // Step 1, under the home lock: publish the new keys.
     let (published, version, overlap_s, safe_overlap_s) = {
         let _lock = context::lock(home, false)?;
@@ -251,6 +257,37 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
         outln!("next: set `mode: per-service` in the spec (pvid up compares it with the stored one)");
     }
     Ok(0)
+}
+
+/// `--wait` run again after it was interrupted in the overlap: every selected service has
+/// switched and only waits for its old key's overlap to end. Then this finishes that wait
+/// instead of refusing a new rotation. `None`: not that case, rotate as usual.
+async fn finish_waiting(home: &Path, id: &PreviewId, service: Option<&ServiceName>, json_out: bool) -> Result<Option<i32>, Failure> {
+    let control = context::open(home).await?;
+    let keys = control.state().keys(id).await.map_err(Failure::from)?;
+    control.state().close().await;
+    let selected = |k: &&pvid_store::KeyRecord| service.is_none_or(|s| &k.service == s);
+    let retiring: Vec<&pvid_store::KeyRecord> = keys.iter().filter(selected).filter(|k| k.state == KeyState::Retiring).collect();
+    let services: std::collections::BTreeSet<&ServiceName> = keys.iter().filter(selected).map(|k| &k.service).collect();
+    let pending = keys.iter().filter(selected).any(|k| matches!(k.state, KeyState::Next | KeyState::Pending));
+    let waiting: std::collections::BTreeSet<&ServiceName> = retiring.iter().map(|k| &k.service).collect();
+    if pending || waiting.is_empty() || waiting != services {
+        return Ok(None);
+    }
+    let until = retiring.iter().filter_map(|k| k.retire_at).max().unwrap_or_default();
+    let left = (until - unix_now()).max(0) as u64;
+    eprintln!("pvid rotate: every service has switched; waiting {left} s for the overlap to end ({})", rfc3339(until));
+    tokio::time::sleep(Duration::from_secs(left)).await;
+    let _lock = context::lock(home, false)?;
+    let control = context::open(home).await?;
+    let retired = control.retire_due(id, unix_now()).await?;
+    control.state().close().await;
+    if json_out {
+        outln!("{}", json!({"preview": id, "resumed_wait": true, "services": [], "retired": retired}));
+    } else {
+        outln!("preview {id}: the overlap ended; revoked {}", if retired.is_empty() { "nothing (already done)".to_owned() } else { retired.join(", ") });
+    }
+    Ok(Some(0))
 }
 
 /// The `--ack` URLs, checked: `http://host:port`, nothing else (exit 2 before anything changes).

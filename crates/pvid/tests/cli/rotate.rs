@@ -440,3 +440,26 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn a_wait_interrupted_in_the_overlap_is_finished_by_the_same_command() {
+    // Found by a fresh-eyes review: `rotate --wait` stopped during the overlap could not be run
+    // again (refused: still in the overlap).
+    let home = tempfile::tempdir().unwrap();
+    up(home.path(), free_port(), free_port());
+    let first = pvid(home.path(), &["rotate", "pr-7", "--publish-delay", "0s", "--overlap", "2s", "--json"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let old: Vec<Value> = json(&first)["services"].as_array().unwrap().iter().map(|s| s["old_kid"].clone()).collect();
+    let again = pvid(home.path(), &["rotate", "pr-7", "--publish-delay", "0s", "--overlap", "2s", "--wait", "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let v = json(&again);
+    assert_eq!(v["resumed_wait"], true, "{v}");
+    let mut retired: Vec<Value> = v["retired"].as_array().unwrap().clone();
+    retired.sort_by_key(|k| k.to_string());
+    let mut old = old;
+    old.sort_by_key(|k| k.to_string());
+    assert_eq!(retired, old);
+    let reg: Value = serde_json::from_str(&stdout(&pvid(home.path(), &["registry", "pr-7"]))).unwrap();
+    assert!(reg.get("retiring").is_none(), "{reg}");
+    assert_eq!(reg["jwks"]["keys"].as_array().unwrap().len(), 2, "only the new keys are published");
+}
