@@ -223,6 +223,14 @@ impl Client {
         Ok(())
     }
 
+    /// Adds a version to a Transit key (the new version signs from then on when asked for; pvid
+    /// names the version in every sign request).
+    pub async fn transit_rotate(&self, name: &str) -> Result<(), BaoError> {
+        let op = format!("rotate transit key {name}");
+        self.request(&op, Method::POST, &self.transit(&format!("keys/{name}/rotate")), Some(&json!({}))).await?;
+        Ok(())
+    }
+
     /// Reads a Transit key (type, versions and public keys), or `None` when it does not exist.
     pub async fn transit_key(&self, name: &str) -> Result<Option<TransitKeyInfo>, BaoError> {
         let op = format!("read transit key {name}");

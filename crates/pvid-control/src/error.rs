@@ -55,9 +55,6 @@ pub enum LifecycleError {
         /// The service asked for.
         service: String,
     },
-    /// Rotation is not available for this custody.
-    #[error("preview {0} keeps its keys in OpenBao Transit; rotating transit keys is not supported yet (rotate with `pvid down` and `pvid up`)")]
-    TransitRotation(String),
     /// The previous rotation of a service is still in its overlap.
     #[error(
         "{service} of {preview} is still in the overlap of its last rotation: key {kid} is accepted until {until}; \

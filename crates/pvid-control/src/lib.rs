@@ -15,13 +15,14 @@
 //!   keys revoked → secrets and Transit keys deleted → each read back and the store listed again
 //!   to prove they are gone → preview `torn_down` → registry republished with an empty key set.
 //!
-//! - **rotation** (`sidecar` custody, [`Control::begin_rotation`], [`Control::switch_signing`],
+//! - **rotation** ([`Control::begin_rotation`], [`Control::switch_signing`],
 //!   [`Control::retire_due`]): new key row (`pending`) → its private key at
 //!   `preview/<id>/<svc>/next-private-key` → key `next` and registry published (verifiers accept
 //!   it, nobody signs with it) → after the registry version was acknowledged or a publish delay:
 //!   the new private key copied to `private-key` → in one transaction the new key `active` and
 //!   the old one `retiring` until the end of the overlap (or `revoked`, `--emergency`) → registry
 //!   published → `next-private-key` deleted → once the overlap is over the old key `revoked`.
+//!   Under transit custody step one is a new version of the Transit key (nothing to stage).
 //!
 //! The secret (or Transit key) is always written before the registry publishes its public half,
 //! and deleted only after the registry stopped publishing it: see docs/openbao.md.

@@ -1,4 +1,4 @@
-//! Key rotation with overlap (sidecar custody). Three steps, each idempotent and each run under
+//! Key rotation with overlap. Three steps, each idempotent and each run under
 //! the preview's operation lock, so a rotation killed at any instant is finished by running the
 //! same step again:
 //!
@@ -12,13 +12,16 @@
 //! 3. [`Control::retire_due`]: retiring keys whose overlap is over move to the revoked list.
 //!
 //! An emergency rotation (a leaked key) runs 1 and 2 at once and revokes the old key in 2.
+//!
+//! Under transit custody the new key is a new version of the service's Transit key: nothing is
+//! staged or copied, and the switch changes which version signs.
 
 use pvid_core::explain::rfc3339;
 use pvid_core::key::random_suffix;
 use pvid_core::token::DEFAULT_LEEWAY_S;
 use pvid_core::{CredentialMode, KeyCustody, PreviewId, PreviewState, ServiceName, SigningKey};
 use pvid_store::state::unix_now;
-use pvid_store::{KeyRecord, KeyState, PreviewRecord, SecretMeta, SecretPath, StoredKey};
+use pvid_store::{KeyRecord, KeyState, PreviewRecord, SecretMeta, SecretPath, StoredKey, TransitKeyName, TransitPublicKey};
 use serde::Serialize;
 use serde_json::json;
 
@@ -109,6 +112,10 @@ impl Control {
                     self.revoke_recorded(id, k, "emergency rotation").await?;
                 }
             }
+            if rec.config.key_custody == KeyCustody::Transit {
+                out.push(self.next_transit_key(id, &rec, svc, &mine).await?);
+                continue;
+            }
             let path = SecretPath::next_private_key(id, svc);
             let stored_kid = match self.secrets.get(&path).await? {
                 Some(bytes) => Some(StoredKey::from_bytes(&path, &bytes)?.kid),
@@ -165,6 +172,48 @@ impl Control {
         Ok(out)
     }
 
+    /// Step 1 under transit custody: a new version of the service's Transit key, published as
+    /// its next key. The vault keeps every version, so there is no secret to stage: the new
+    /// version's public half is the key. A crash after the vault's rotation leaves a latest
+    /// version no key row holds, which the re-run adopts instead of rotating again.
+    async fn next_transit_key(&self, id: &PreviewId, rec: &PreviewRecord, svc: &ServiceName, mine: &[&KeyRecord]) -> Result<NextKey, LifecycleError> {
+        let transit = self.secrets.transit().ok_or_else(|| pvid_store::StoreError::NoTransit(self.secrets.kind()))?;
+        let name = TransitKeyName::new(id, svc);
+        let latest = |versions: Option<Vec<TransitPublicKey>>| {
+            versions.and_then(|v| v.last().cloned()).ok_or_else(|| pvid_store::StoreError::TransitPublicKey {
+                name: name.to_string(),
+                reason: "the Transit key is missing (tear the preview down and provision it again)".into(),
+            })
+        };
+        for k in mine.iter().filter(|k| k.state == KeyState::Pending) {
+            self.state.delete_pending_key(&k.kid).await?;
+        }
+        let mut current = latest(transit.public_keys(&name).await?)?;
+        let held = |v: &TransitPublicKey| mine.iter().find(|k| k.state != KeyState::Pending && crate::same_public_key(&k.jwk, &v.jwk));
+        if let Some(k) = held(&current) {
+            if k.state == KeyState::Next {
+                return Ok(NextKey { service: svc.clone(), kid: k.kid.clone(), created: false });
+            }
+            transit.rotate(&name).await?;
+            self.failpoint("after_next_secret_write").await;
+            current = latest(transit.public_keys(&name).await?)?;
+        }
+        let kid = format!("{}-{}-{}", svc, mine.len() + 1, random_suffix(10));
+        let mut jwk = current.jwk.clone();
+        jwk.kid = Some(kid.clone());
+        self.state.insert_key(&KeyRecord::pending_public(id, svc, kid.clone(), jwk)).await?;
+        self.state
+            .append_evidence(
+                id,
+                "key.issued",
+                json!({"service": svc, "kid": kid, "alg": rec.config.algorithm, "rotation": true, "custody": "transit",
+                       "transit_key": name.to_string(), "version": current.version, "actor": self.actor}),
+            )
+            .await?;
+        self.state.publish_next_key(&kid).await?;
+        Ok(NextKey { service: svc.clone(), kid, created: true })
+    }
+
     /// Step 2: every selected service with a published next key signs with it from now on; its
     /// old key is accepted `overlap_s` more seconds, or refused at once when `emergency`.
     /// Call it once the registry version of step 1 reached every verifier. Services without a
@@ -190,25 +239,29 @@ impl Control {
         let services = selected(&rec, service)?;
         let keys = self.state.keys(id).await?;
         let mut out = Vec::new();
+        // Under transit custody the vault holds every version: nothing to copy or delete.
+        let staged = rec.config.key_custody == KeyCustody::Sidecar;
         for svc in &services {
             let next_path = SecretPath::next_private_key(id, svc);
             let Some(next) = keys.iter().find(|k| &k.service == svc && k.state == KeyState::Next) else {
                 // A run killed after the switch left the copy in `next-private-key`.
-                if self.secrets.get(&next_path).await?.is_some() {
+                if staged && self.secrets.get(&next_path).await?.is_some() {
                     self.delete_recorded(id, &next_path).await?;
                 }
                 continue;
             };
-            let bytes = self.secrets.get(&next_path).await?.ok_or_else(|| pvid_store::StoreError::BadSecret {
-                path: format!("{next_path} (missing: run pvid rotate again to issue a new key)"),
-            })?;
-            let stored = StoredKey::from_bytes(&next_path, &bytes)?;
-            if stored.kid != next.kid {
-                return Err(pvid_store::StoreError::BadSecret { path: format!("{next_path} holds {} not {}", stored.kid, next.kid) }.into());
+            if staged {
+                let bytes = self.secrets.get(&next_path).await?.ok_or_else(|| pvid_store::StoreError::BadSecret {
+                    path: format!("{next_path} (missing: run pvid rotate again to issue a new key)"),
+                })?;
+                let stored = StoredKey::from_bytes(&next_path, &bytes)?;
+                if stored.kid != next.kid {
+                    return Err(pvid_store::StoreError::BadSecret { path: format!("{next_path} holds {} not {}", stored.kid, next.kid) }.into());
+                }
+                let meta = SecretMeta { kid: &next.kid, created_at: next.created_at };
+                self.secrets.put_key(&SecretPath::private_key(id, svc), &bytes, &meta).await?;
+                self.failpoint("after_signing_secret_write").await;
             }
-            let meta = SecretMeta { kid: &next.kid, created_at: next.created_at };
-            self.secrets.put_key(&SecretPath::private_key(id, svc), &bytes, &meta).await?;
-            self.failpoint("after_signing_secret_write").await;
             let old = keys.iter().find(|k| &k.service == svc && k.state == KeyState::Active);
             let now = unix_now();
             let until = if emergency { now } else { now + overlap_s as i64 };
@@ -228,7 +281,9 @@ impl Control {
                     .await?;
             }
             self.publish(id).await?;
-            self.delete_recorded(id, &next_path).await?;
+            if staged {
+                self.delete_recorded(id, &next_path).await?;
+            }
             out.push(Switched { service: svc.clone(), old_kid: old.map(|k| k.kid.clone()), new_kid: next.kid.clone(), old_key_until: until });
         }
         Ok(out)
@@ -292,7 +347,7 @@ impl Control {
     pub async fn advance_rotations(&self, now: i64, publish_delay_s: u64) -> Result<Vec<(PreviewId, String)>, LifecycleError> {
         let mut done = Vec::new();
         for rec in self.state.previews().await? {
-            if rec.state != PreviewState::Active || rec.config.key_custody != KeyCustody::Sidecar {
+            if rec.state != PreviewState::Active {
                 continue;
             }
             let id = rec.id.clone();
@@ -328,14 +383,11 @@ impl Control {
         result
     }
 
-    /// The preview, if it may rotate: active, sidecar custody.
+    /// The preview, if it may rotate: active, and not on the shared credential.
     async fn rotatable(&self, id: &PreviewId) -> Result<PreviewRecord, LifecycleError> {
         let rec = self.state.preview(id).await?.ok_or_else(|| LifecycleError::NotFound(id.to_string()))?;
         if rec.state != PreviewState::Active {
             return Err(LifecycleError::NotActive { preview: id.to_string(), state: rec.state.to_string() });
-        }
-        if rec.config.key_custody == KeyCustody::Transit {
-            return Err(LifecycleError::TransitRotation(id.to_string()));
         }
         if rec.config.mode == CredentialMode::Shared {
             return Err(LifecycleError::SharedRotation(id.to_string()));

@@ -163,9 +163,6 @@ impl PreviewSpec {
                     format!("{}s is shorter than twice the overlap of a rotation (token_ttl + 60 s leeway = {overlap}s)", period.as_secs()),
                 ));
             }
-            if key_custody == KeyCustody::Transit {
-                return Err(top("rotation_period", "rotation needs `key_custody: sidecar` (transit keys do not rotate yet)".into()));
-            }
         }
         let mode = match raw.mode {
             Some(m) => m.parse::<CredentialMode>().map_err(|e| top("mode", e))?,

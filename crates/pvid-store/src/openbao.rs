@@ -163,6 +163,11 @@ impl TransitKeys for OpenBaoSecretStore {
         Ok(())
     }
 
+    async fn rotate(&self, name: &TransitKeyName) -> Result<(), StoreError> {
+        self.client.transit_rotate(&name.to_string()).await?;
+        Ok(())
+    }
+
     async fn public_keys(&self, name: &TransitKeyName) -> Result<Option<Vec<TransitPublicKey>>, StoreError> {
         let n = name.to_string();
         let Some(info) = self.client.transit_key(&n).await? else { return Ok(None) };

@@ -145,12 +145,17 @@ pub struct KeyRecord {
 impl KeyRecord {
     /// The row of a key just made, before its private half is stored (`pending`).
     pub fn pending(preview_id: &PreviewId, service: &ServiceName, key: &pvid_core::SigningKey) -> KeyRecord {
+        KeyRecord::pending_public(preview_id, service, key.kid().to_owned(), key.public_jwk())
+    }
+
+    /// The row of a key whose private half lives elsewhere (a Transit key version), `pending`.
+    pub fn pending_public(preview_id: &PreviewId, service: &ServiceName, kid: String, jwk: Jwk) -> KeyRecord {
         KeyRecord {
-            kid: key.kid().to_owned(),
+            kid,
             preview_id: preview_id.clone(),
             service: service.clone(),
             state: KeyState::Pending,
-            jwk: key.public_jwk(),
+            jwk,
             created_at: unix_now(),
             revoked_at: None,
             revoke_reason: None,

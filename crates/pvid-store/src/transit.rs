@@ -67,6 +67,8 @@ pub trait TransitKeys: Send + Sync {
     /// Creates the key for `alg` (non-exportable) unless it exists; an existing key of another
     /// type is an error.
     async fn create(&self, name: &TransitKeyName, alg: Algorithm) -> Result<(), StoreError>;
+    /// Adds a version to an existing key (a rotation under transit custody).
+    async fn rotate(&self, name: &TransitKeyName) -> Result<(), StoreError>;
     /// The public half of every version, oldest first, or `None` when the key does not exist.
     async fn public_keys(&self, name: &TransitKeyName) -> Result<Option<Vec<TransitPublicKey>>, StoreError>;
     /// Makes the key deletable, deletes it, and proves it is gone; `Ok` when it did not exist.

@@ -31,7 +31,7 @@ impl From<pvid_control::LifecycleError> for Failure {
         use pvid_control::LifecycleError as E;
         let code = match &e {
             E::NotFound(_) | E::SpecChanged { .. } | E::TearingDown(_) => INVALID,
-            E::NotActive { .. } | E::UnknownService { .. } | E::TransitRotation(_) | E::RotationInProgress { .. } => INVALID,
+            E::NotActive { .. } | E::UnknownService { .. } | E::RotationInProgress { .. } => INVALID,
             E::SharedAlgorithm { .. } | E::SharedRotation(_) | E::AlreadyPerService(_) => INVALID,
             // Transit custody asked of a store that has none: the command line is wrong.
             E::Store(pvid_store::StoreError::NoTransit(_)) => INVALID,

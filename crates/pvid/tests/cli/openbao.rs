@@ -382,3 +382,53 @@ fn rotation_and_the_shared_credential_live_in_kv_and_leave_nothing_behind() {
     assert_eq!(run(home.path(), &env, &["audit", "orphans", "--sweep"]).status.code(), Some(0));
     assert!(sb.admin.kv_metadata(&sb.kv_mount, "shared/private-key").is_none());
 }
+
+#[test]
+#[ignore = "needs openbao: BAO_ADDR"]
+fn transit_keys_rotate_by_version_and_a_rotation_killed_after_the_vault_write_adopts_it() {
+    let sb = Sandbox::new();
+    let env = sb.env(&sb.token);
+    let home = tempfile::tempdir().unwrap();
+    up(home.path(), &env, "transit");
+    let registry = home.path().join("previews/pr-482/registry.json");
+    let mint = || {
+        let out = run(home.path(), &env, &["token", "mint", "--preview", "pr-482", "--from", "api", "--to", "payments", "--no-cache"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let verify = |token: &str| {
+        let out = run(home.path(), &env, &["token", "verify", token, "--registry", registry.to_str().unwrap(), "--audience", "preview-pr-482-payments", "--json"]);
+        json(&out)
+    };
+    let old_token = mint();
+    let before = active_kids(&show(home.path(), &env, "pr-482"));
+    let versions = |name: &str| sb.admin.transit_key(&sb.transit_mount, name).unwrap()["keys"].as_object().unwrap().len();
+    assert_eq!(versions("preview-pr-482-api"), 1);
+
+    // Killed right after the vault made the new version: the re-run adopts it, not a third one.
+    let killed = run(home.path(), &with(&env, &[("PVID_FAILPOINT", "after_next_secret_write")]), &["rotate", "pr-482", "--service", "api", "--publish-delay", "0s"]);
+    assert_eq!(killed.status.code(), Some(86), "{}", stderr(&killed));
+    assert_eq!(versions("preview-pr-482-api"), 2);
+    let out = run(home.path(), &env, &["rotate", "pr-482", "--service", "api", "--publish-delay", "0s", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(versions("preview-pr-482-api"), 2, "the re-run adopted the version the killed run made");
+    let rotated = json(&out);
+    let new_kid = rotated["services"][0]["new_kid"].as_str().unwrap().to_owned();
+    let shown = show(home.path(), &env, "pr-482");
+    assert_eq!(kids_in_state(&shown, "retiring"), before.iter().filter(|(s, _)| s == "api").cloned().collect::<Vec<_>>());
+
+    // Tokens are now signed by the new version; the old key's token works through the overlap.
+    let new_token = mint();
+    assert_eq!(verify(&new_token)["kid"], new_kid.as_str(), "{}", verify(&new_token));
+    assert_eq!(verify(&old_token)["result"], "ok", "{}", verify(&old_token));
+    let (code, found) = audit(home.path(), &env);
+    assert_eq!(code, 0, "{found}");
+    // An emergency rotation refuses the old key at once.
+    let out = run(home.path(), &env, &["rotate", "pr-482", "--service", "api", "--emergency"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(versions("preview-pr-482-api"), 3);
+    assert_eq!(verify(&new_token)["reason"], "key_revoked");
+    assert_eq!(verify(&mint())["result"], "ok");
+    assert_eq!(run(home.path(), &env, &["down", "pr-482"]).status.code(), Some(0));
+    assert_eq!(sb.transit_keys(), Vec::<String>::new());
+}
