@@ -54,9 +54,12 @@ fn up_with(home: &Path, id: &str, extra: &str, api: SocketAddr, worker: SocketAd
     doc
 }
 
-fn sidecar(home: &Path, service: &str, listen: SocketAddr, admin: SocketAddr, egress: Option<SocketAddr>) -> Sidecar {
+/// Starts a sidecar; `Err` with its stderr when it exits before listening (a port another test
+/// took between `free_port` and the bind).
+fn sidecar(home: &Path, service: &str, listen: SocketAddr, admin: SocketAddr, egress: Option<SocketAddr>) -> Result<Sidecar, String> {
     let log = home.join("logs").join(format!("{service}.jsonl"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let err_file = home.join("logs").join(format!("{service}.stderr"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvid"));
     cmd.arg("--home").arg(home).env_remove("PVID_HOME");
     cmd.args(["proxy", "--preview", "pr-7", "--service", service]);
@@ -65,12 +68,15 @@ fn sidecar(home: &Path, service: &str, listen: SocketAddr, admin: SocketAddr, eg
         cmd.args(["--egress", &e.to_string()]);
     }
     cmd.arg("--log").arg(&log);
-    let mut child = Sidecar(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let stderr_out = std::fs::File::create(&err_file).unwrap();
+    let mut child = Sidecar(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr_out).spawn().unwrap());
     for _ in 0..400 {
         if TcpStream::connect(admin).is_ok() && egress.is_none_or(|e| TcpStream::connect(e).is_ok()) {
-            return child;
+            return Ok(child);
         }
-        assert!(child.0.try_wait().unwrap().is_none(), "sidecar {service} exited");
+        if child.0.try_wait().unwrap().is_some() {
+            return Err(format!("sidecar {service} exited: {}", std::fs::read_to_string(&err_file).unwrap_or_default()));
+        }
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("sidecar {service} did not start");
@@ -81,23 +87,31 @@ impl Live {
         Live::start_with("")
     }
 
-    /// Preview pr-7 with `extra` spec lines, its sidecars running.
+    /// Preview pr-7 with `extra` spec lines, its sidecars running. Tests run in parallel and a
+    /// free port may be taken before a sidecar binds it: then it starts over on other ports.
     fn start_with(extra: &str) -> Live {
-        let home = tempfile::tempdir().unwrap();
-        let (api, worker, egress) = (free_port(), free_port(), free_port());
-        let (api_admin, worker_admin) = (free_port(), free_port());
-        up_with(home.path(), "pr-7", extra, api, worker);
-        let sidecars = vec![
-            sidecar(home.path(), "worker", worker, worker_admin, None),
-            sidecar(home.path(), "api", api, api_admin, Some(egress)),
-        ];
-        Live {
-            home,
-            worker,
-            egress,
-            admins: vec![format!("http://{api_admin}"), format!("http://{worker_admin}")],
-            _sidecars: sidecars,
+        let mut last = String::new();
+        for _ in 0..5 {
+            let home = tempfile::tempdir().unwrap();
+            let (api, worker, egress) = (free_port(), free_port(), free_port());
+            let (api_admin, worker_admin) = (free_port(), free_port());
+            up_with(home.path(), "pr-7", extra, api, worker);
+            let started = sidecar(home.path(), "worker", worker, worker_admin, None)
+                .and_then(|w| sidecar(home.path(), "api", api, api_admin, Some(egress)).map(|a| vec![w, a]));
+            match started {
+                Ok(sidecars) => {
+                    return Live {
+                        home,
+                        worker,
+                        egress,
+                        admins: vec![format!("http://{api_admin}"), format!("http://{worker_admin}")],
+                        _sidecars: sidecars,
+                    };
+                }
+                Err(e) => last = e,
+            }
         }
+        panic!("the sidecars did not start in 5 attempts: {last}");
     }
 
     fn path(&self) -> &Path {
