@@ -12,40 +12,13 @@ OLD=$1 NEW=$2
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
-WORK=$(mktemp -d /tmp/pvid-ab.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+source "$(dirname "$0")/lib.sh"
+bench_work pvid-ab
 export PVID_HOME=$WORK/home
 ORIGIN=127.0.0.1:18280
 
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 10;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen $ORIGIN; location / { return 200 "ok\n"; } }
-}
-CONF
-"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
-cat >"$WORK/spec.yaml" <<SPEC
-preview: ab
-algorithm: ES256
-token_ttl: 1h
-services:
-  client: { address: "127.0.0.1:19997", calls: [origin] }
-  origin: { address: "127.0.0.1:18285" }
-SPEC
-"$NEW" up -f "$WORK/spec.yaml" >/dev/null
-TOKEN=$("$NEW" token mint --preview ab --from client --to origin --ttl 1h)
-REG=$PVID_HOME/previews/ab/registry.json
+start_origin $ORIGIN
+bench_preview "$NEW" ab 19997 18285
 
 start() { # BIN PORT LOG -> pid
   taskset -c 0 "$1" proxy --preview ab --service origin --listen "127.0.0.1:$2" --upstream $ORIGIN \
@@ -55,16 +28,15 @@ start() { # BIN PORT LOG -> pid
 P_OLD=$(start "$OLD" 18286 "$WORK/old.log"); PIDS+=("$P_OLD")
 P_NEW=$(start "$NEW" 18287 "$WORK/new.log"); PIDS+=("$P_NEW")
 for port in 18286 18287; do
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/")" = 200 ]
+  wait_up $port
+  [ "$(status_with_token $port)" = 200 ]
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # NAME PORT PID
   local b a out
-  b=$(ticks "$3")
+  b=$(cpu_ticks "$3")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$2/")
-  a=$(ticks "$3")
+  a=$(cpu_ticks "$3")
   awk -v n="$1" -v b="$b" -v a="$a" -v t="$(getconf CLK_TCK)" '
     /Requests\/sec/ {rps=$2} /requests in/ {reqs=$1} $1=="99%" {p99=$2}
     END {printf "%s %.0f %s %.1f %d\n", n, rps, p99, (a-b)/t*1e6/reqs, reqs}' <<<"$out"

@@ -19,10 +19,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 TOKENS=${TOKENS:-50000}
-WORK=$(mktemp -d /tmp/pvid-bench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source bench/lib.sh
+bench_work pvid-bench keep   # keeps logs and results
 
 need() { command -v "$1" >/dev/null 2>&1 || command -v "/usr/sbin/$1" >/dev/null 2>&1; }
 if ! need haproxy || ! need nginx || ! need wrk; then
@@ -30,7 +28,6 @@ if ! need haproxy || ! need nginx || ! need wrk; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy nginx wrk >/dev/null
 fi
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "== building pvid (release)"
 cargo build --release -p pvid -q
@@ -41,35 +38,11 @@ ORIGIN=127.0.0.1:18080
 P_PASS=18083; P_JWT=18084; P_CACHE=18085; P_NOCACHE=18086
 
 # --- origin: one nginx worker on CPU 1
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 10;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen $ORIGIN; location / { return 200 "ok\n"; } }
-}
-CONF
-"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+start_origin $ORIGIN
 
 # --- a preview with a client and the origin service; tokens for the origin
-cat >"$WORK/spec.yaml" <<SPEC
-preview: bench
-algorithm: ES256
-token_ttl: 1h
-services:
-  client: { address: "127.0.0.1:19999", calls: [origin] }
-  origin: { address: "127.0.0.1:$P_CACHE" }
-SPEC
-"$PVID" up -f "$WORK/spec.yaml" >/dev/null
-TOKEN=$("$PVID" token mint --preview bench --from client --to origin --ttl 1h)
+bench_preview "$PVID" bench 19999 $P_CACHE
 "$PVID" token mint --preview bench --from client --to origin --ttl 1h --count "$TOKENS" >"$WORK/tokens.txt"
-REG=$PVID_HOME/previews/bench/registry.json
 
 # The origin's public key as PEM (SubjectPublicKeyInfo) for HAProxy's jwt_verify.
 python3 - "$REG" "$WORK/origin-client.pem" <<'PY'
@@ -127,12 +100,10 @@ taskset -c 0 "$PVID" proxy --preview bench --service origin --listen 127.0.0.1:$
   --upstream $ORIGIN --registry "$REG" --log "$WORK/nocache.log" --no-cache & PIDS+=($!)
 PVID_NOCACHE_PID=$!
 
-for port in 18080 $P_PASS $P_JWT $P_CACHE $P_NOCACHE; do
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-done
+for port in 18080 $P_PASS $P_JWT $P_CACHE $P_NOCACHE; do wait_up $port; done
 # Every target must answer 200 with the token and refuse without it (else the numbers lie).
 for port in $P_JWT $P_CACHE $P_NOCACHE; do
-  ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/")
+  ok=$(status_with_token $port)
   no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
   [ "$ok" = 200 ] && [ "$no" = 401 ] || { echo "port $port answers $ok with a token, $no without"; exit 1; }
 done
@@ -146,8 +117,6 @@ request = function()
   return wrk.format("GET", "/", { ["Authorization"] = "Bearer " .. tokens[i] })
 end
 LUA
-
-cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 
 # run NAME PORT PID [extra wrk args...] -> "NAME rps p50_us p99_us cpu_us_per_req"
 run() {

@@ -13,52 +13,26 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-1000}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-WORK=$(mktemp -d /tmp/pvid-rss.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+source bench/lib.sh
+bench_work pvid-rss
 
 if [ -z "${PVID:-}" ]; then
   cargo build --release -p pvid -q
   PVID=${CARGO_TARGET_DIR:-$PWD/target}/release/pvid
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 export PVID_HOME=$WORK/home
 ORIGIN=127.0.0.1:18180
 PORT=18185
 
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 10;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen $ORIGIN; location / { return 200 "ok\n"; } }
-}
-CONF
-"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+start_origin $ORIGIN
 
-cat >"$WORK/spec.yaml" <<SPEC
-preview: rss
-algorithm: ES256
-token_ttl: 1h
-services:
-  client: { address: "127.0.0.1:19998", calls: [origin] }
-  origin: { address: "127.0.0.1:$PORT" }
-SPEC
-"$PVID" up -f "$WORK/spec.yaml" >/dev/null
-TOKEN=$("$PVID" token mint --preview rss --from client --to origin --ttl 1h)
+bench_preview "$PVID" rss 19998 $PORT
 # shellcheck disable=SC2086
 env ${PVID_ENV:-} taskset -c 0 "$PVID" proxy --preview rss --service origin --listen 127.0.0.1:$PORT \
-  --upstream $ORIGIN --registry "$PVID_HOME/previews/rss/registry.json" --log "$WORK/proxy.log" & PIDS+=($!)
+  --upstream $ORIGIN --registry "$REG" --log "$WORK/proxy.log" & PIDS+=($!)
 PROXY=$!
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/")" = 200 ]
+wait_up $PORT
+[ "$(status_with_token $PORT)" = 200 ]
 
 kib() { awk -v k="$1:" '$1==k {print $2}' "/proc/$PROXY/status"; }
 mib() { echo "scale=1; $(kib "$1") / 1024" | bc; }

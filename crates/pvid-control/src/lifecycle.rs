@@ -406,19 +406,7 @@ impl Control {
             let kid = format!("{}-{}-{}", svc.name, mine.len() + 1, random_suffix(3));
             let mut jwk = current.jwk.clone();
             jwk.kid = Some(kid.clone());
-            self.state
-                .insert_key(&KeyRecord {
-                    kid: kid.clone(),
-                    preview_id: id.clone(),
-                    service: svc.name.clone(),
-                    state: KeyState::Pending,
-                    jwk,
-                    created_at: unix_now(),
-                    revoked_at: None,
-                    revoke_reason: None,
-                    retire_at: None,
-                })
-                .await?;
+            self.state.insert_key(&KeyRecord::pending_public(id, &svc.name, kid.clone(), jwk)).await?;
             self.state.activate_key(&kid).await?;
             self.failpoint("after_key_activate").await;
             self.state

@@ -179,12 +179,13 @@ fn check_key_is_live(shared: &Shared, snapshot: &Snapshot, key: &dyn Signer, now
     if reg.state.is_gone() {
         return Err(unavailable("preview_torn_down", format!("preview {} is {}", reg.preview, reg.state)));
     }
+    let owner = reg.owner_of(key.kid());
     // Revoked, or rotated out with its overlap over (verifiers refuse its tokens by now).
-    let retired = reg.owner_of(key.kid()).is_some() && snapshot.verifier.is_revoked_at(key.kid(), now);
+    let retired = owner.is_some() && snapshot.verifier.is_revoked_at(key.kid(), now);
     if retired || reg.revoked.iter().any(|r| r.kid == key.kid()) {
         return Err(unavailable("key_revoked", format!("signing key {} was revoked", clip_field(key.kid()))));
     }
-    if reg.owner_of(key.kid()) != Some(&shared.service) {
+    if owner != Some(&shared.service) {
         return Err(unavailable(
             "key_not_published",
             format!(

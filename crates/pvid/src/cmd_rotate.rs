@@ -189,20 +189,12 @@ async fn run(home: &Path, srv: &ServerArgs, id: &PreviewId, begin: Begin<'_>, a:
     let mut torn_down = false;
     if a.wait && !emergency {
         if let Some(until) = switched.iter().map(|s| s.old_key_until).max() {
-            let left = (until - unix_now()).max(0) as u64;
-            eprintln!("{me}: waiting {left} s for the overlap to end ({})", rfc3339(until));
-            tokio::time::sleep(Duration::from_secs(left)).await;
-            let _lock = context::lock(home, false)?;
-            let control = context::open(home).await?;
-            torn_down = control.registry(id).await?.state.is_gone();
-            if !torn_down {
-                retired = control.retire_due(id, unix_now()).await?;
+            eprintln!("{me}: waiting for the overlap to end");
+            match retire_after(me, home, id, until).await? {
+                Some(kids) => retired = kids,
+                None => torn_down = true,
             }
-            control.state().close().await;
         }
-    }
-    if torn_down {
-        eprintln!("{me}: preview {id} was torn down during the overlap: every key of it is revoked");
     }
 
     if a.json {
@@ -275,19 +267,32 @@ async fn finish_waiting(home: &Path, id: &PreviewId, service: Option<&ServiceNam
         return Ok(None);
     }
     let until = retiring.iter().filter_map(|k| k.retire_at).max().unwrap_or_default();
-    let left = (until - unix_now()).max(0) as u64;
-    eprintln!("pvid rotate: every service has switched; waiting {left} s for the overlap to end ({})", rfc3339(until));
-    tokio::time::sleep(Duration::from_secs(left)).await;
-    let _lock = context::lock(home, false)?;
-    let control = context::open(home).await?;
-    let retired = control.retire_due(id, unix_now()).await?;
-    control.state().close().await;
+    eprintln!("pvid rotate: every service has switched already; waiting for the overlap to end");
+    let retired = retire_after("pvid rotate", home, id, until).await?.unwrap_or_default();
     if json_out {
         outln!("{}", json!({"preview": id, "resumed_wait": true, "services": [], "retired": retired}));
     } else {
         outln!("preview {id}: the overlap ended; revoked {}", if retired.is_empty() { "nothing (already done)".to_owned() } else { retired.join(", ") });
     }
     Ok(Some(0))
+}
+
+/// Sleeps until `until` (the end of an overlap), then revokes the keys whose overlap ended.
+/// `None` when the preview was torn down meanwhile (every key of it is revoked already).
+async fn retire_after(me: &str, home: &Path, id: &PreviewId, until: i64) -> Result<Option<Vec<String>>, Failure> {
+    let left = (until - unix_now()).max(0) as u64;
+    eprintln!("{me}: {left} s to go ({})", rfc3339(until));
+    tokio::time::sleep(Duration::from_secs(left)).await;
+    let _lock = context::lock(home, false)?;
+    let control = context::open(home).await?;
+    let result = if control.registry(id).await?.state.is_gone() {
+        eprintln!("{me}: preview {id} was torn down during the overlap: every key of it is revoked");
+        None
+    } else {
+        Some(control.retire_due(id, unix_now()).await?)
+    };
+    control.state().close().await;
+    Ok(result)
 }
 
 /// The `--ack` URLs, checked: `http://host:port`, nothing else (exit 2 before anything changes).

@@ -3,7 +3,6 @@
 //! stays complete, and nothing is lost in normal operation or at shutdown.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -14,14 +13,6 @@ use pvid_core::evidence::{read_entries, verify_chain};
 use serde_json::Value;
 
 use crate::support::*;
-
-async fn metric(admin: SocketAddr, sample: &str) -> u64 {
-    let reply = send(admin, "GET", "/metrics", &[], b"").await;
-    assert_eq!(reply.status, 200);
-    let text = String::from_utf8(reply.body).unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{sample} "))).unwrap_or_else(|| panic!("no {sample}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
 
 async fn charge(sidecar: &Sidecar, auth: &str, rid: &str) -> u16 {
     send(sidecar.inbound, "POST", "/charge", &[("Authorization", auth), ("X-Request-Id", rid)], b"").await.status

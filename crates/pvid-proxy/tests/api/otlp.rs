@@ -136,15 +136,6 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// The value of one sample of the sidecar's `/metrics`.
-async fn metric(admin: SocketAddr, sample: &str) -> u64 {
-    let reply = send(admin, "GET", "/metrics", &[], b"").await;
-    assert_eq!(reply.status, 200);
-    let text = String::from_utf8(reply.body).unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{sample} "))).unwrap_or_else(|| panic!("no {sample}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 /// Waits (bounded) until `sample` is at least `min`.
 async fn metric_at_least(admin: SocketAddr, sample: &str, min: u64) -> u64 {
     for _ in 0..750 {

@@ -503,3 +503,12 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+/// The value of one sample of the sidecar's `/metrics`.
+pub async fn metric(admin: SocketAddr, sample: &str) -> u64 {
+    let reply = send(admin, "GET", "/metrics", &[], b"").await;
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.body).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{sample} "))).unwrap_or_else(|| panic!("no {sample}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}

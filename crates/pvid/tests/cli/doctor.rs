@@ -184,9 +184,7 @@ fn doctor_finds_a_sidecar_still_signing_with_a_key_revoked_by_a_reprovision() {
     // replaced cannot, and doctor names it.
     let home = tempfile::tempdir().unwrap();
     up(home.path());
-    let key_file = home.path().join("worker.key");
-    std::fs::write(&key_file, stored_key(home.path(), "worker")).unwrap();
-    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key_file = key_file(home.path(), "worker");
     let registry = home.path().join("previews/pr-482/registry.json");
     let (egress, egress2) = (free_port().to_string(), free_port().to_string());
     let from_store = sidecar_with(home.path(), "worker", "0", &registry, &["--egress", &egress]);
@@ -213,13 +211,16 @@ fn doctor_finds_a_sidecar_still_signing_with_a_key_revoked_by_a_reprovision() {
     panic!("the sidecars never settled on the new registry: {last}");
 }
 
-/// The private key document of `service`, as the local secret store holds it.
-fn stored_key(home: &Path, service: &str) -> Vec<u8> {
+/// A `--key-file` (0600) holding `service`'s private key as the local secret store has it now.
+fn key_file(home: &Path, service: &str) -> std::path::PathBuf {
     use pvid_store::SecretStore as _;
     let store = pvid_store::LocalSecretStore::open(home).unwrap();
     let path = pvid_store::SecretPath::private_key(&"pr-482".parse().unwrap(), &service.parse().unwrap());
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    rt.block_on(store.get(&path)).unwrap().unwrap().to_vec()
+    let file = home.join(format!("{service}.key"));
+    std::fs::write(&file, rt.block_on(store.get(&path)).unwrap().unwrap().as_slice()).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    file
 }
 
 #[test]
@@ -229,9 +230,7 @@ fn doctor_finds_a_key_file_sidecar_left_on_a_rotated_out_key_once_its_overlap_en
     // /healthz still said `signing_key_live: true`, doctor "clean".
     let home = tempfile::tempdir().unwrap();
     up(home.path());
-    let key_file = home.path().join("worker.key");
-    std::fs::write(&key_file, stored_key(home.path(), "worker")).unwrap();
-    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key_file = key_file(home.path(), "worker");
     let registry = home.path().join("previews/pr-482/registry.json");
     let egress = free_port().to_string();
     let sc = sidecar_with(home.path(), "worker", "0", &registry, &["--egress", &egress, "--key-file", key_file.to_str().unwrap()]);

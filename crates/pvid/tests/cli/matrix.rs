@@ -2,24 +2,15 @@
 //! edge; a sidecar enforcing a hand-edited registry (one edge opened, one closed) is named as a
 //! mismatch; a sidecar that is not running is named by its address.
 
-use super::support::{free_port, json, pvid, stderr, stdout, upstream};
+use super::support::{Sidecar, free_port, json, pvid, stderr, stdout, upstream};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SERVICES: [&str; 4] = ["api", "worker", "webhooks", "payments"];
-
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Preview {
     home: tempfile::TempDir,

@@ -3,24 +3,15 @@
 //! it, an emergency rotation refuses the old key at once, and a rotation killed at each step is
 //! finished by running it again.
 
-use super::support::{free_port, json, pvid, pvid_with, stderr, stdout, upstream};
+use super::support::{Sidecar, free_port, json, pvid, pvid_with, stderr, stdout, upstream};
 use serde_json::Value;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A two-service preview (api may call worker) with both sidecars running: api with egress,
 /// both with an admin listener.
