@@ -241,9 +241,25 @@ impl Default for Sandbox {
     }
 }
 
-/// A free loopback port (bound and released; good enough for a test's own server).
+/// A loopback port free right now, for a server or sidecar the test starts next, and never
+/// handed out twice in this process. `bind(0)` would draw from the kernel's ephemeral range
+/// (32768 and up on Linux), where another test's `bind(0)` or an outgoing connection's source
+/// port can take it before the server binds it: CI saw a test's requests answered by another
+/// test's process. So ports come from 20000..32000, in a sequence of this process's own. Every
+/// test of the workspace that starts a process on a chosen port takes it from here.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// An OpenBao server of one test, with Raft storage on disk: it survives a kill and a restart, and comes

@@ -107,25 +107,10 @@ pub fn upstream() -> SocketAddr {
     addr
 }
 
-/// A loopback port free right now, for a process the test starts next, and never handed out
-/// twice in this run. `bind(0)` would draw from the kernel's ephemeral range (32768 and up on
-/// Linux), where another test's `bind(0)` or an outgoing connection's source port could take it
-/// before the process binds it: a parallel test's sidecar once answered for another's (found
-/// by CI). So ports come from 20000..32000 instead, in a sequence of this process's own.
+/// A loopback port free right now for a process the test starts next, never handed out twice in
+/// this run (see `pvid_bao::testkit::free_port`, which the OpenBao servers of tests use too).
 pub fn free_port() -> SocketAddr {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7_919) % SPAN;
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST + (start + n) % SPAN;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
-            return l.local_addr().unwrap();
-        }
-    }
-    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
+    SocketAddr::from(([127, 0, 0, 1], pvid_bao::testkit::free_port()))
 }
 
 /// A child process (a sidecar) killed and reaped when the test lets go of it.
